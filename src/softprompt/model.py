@@ -99,7 +99,11 @@ class PromptModel(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         # Non-reentrant: the recomputed layers must see the prefix kept in their slots.
-        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.base_model, "activation_checkpointing_enable"):  # transformers >= 5.23
+            self.base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def _row_tasks(self, task: str | list[str] | None, batch: int) -> list[str]:
         names = [task or DEFAULT_TASK] * batch if task is None or isinstance(task, str) else list(task)
