@@ -52,7 +52,8 @@ class Collator:
         if self.kind == "classification":
             batch = self.pm.tokenize([ex.text for ex in examples], max_length=self.max_length)
             index = {label: i for i, label in enumerate(self.labels)}
-            batch["labels"] = torch.tensor([index[str(ex.label)] for ex in examples])  # (B,)
+            # Unlabelled rows (prediction) get class 0, which nothing reads.
+            batch["labels"] = torch.tensor([index.get(str(ex.label), 0) for ex in examples])  # (B,)
             return batch
         if self.kind == "token-classification":
             return self._tokens(examples, with_labels=True)[0]

@@ -44,7 +44,7 @@ def train(options: TrainArgs) -> None:
     print(json.dumps(summary, indent=2))
 
 
-def evaluate_run(prompt: str, data: str, *, limit: int | None = None, batch_size: int = 64) -> None:
+def evaluate_run(*, prompt: str, data: str, limit: int | None = None, batch_size: int = 64) -> None:
     """Score a trained prompt on a labelled file; prints the metrics and writes RUN/eval_<name>.json.
 
     prompt: run folder (its best/ prompt, else prompt/), or a prompt folder inside a run
@@ -194,7 +194,7 @@ def _add(parser: argparse.ArgumentParser, name: str, annotation: Any, default: A
     else:
         required = default is inspect.Parameter.empty
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=required, default=argparse.SUPPRESS,
-                            metavar=name.upper(), **extra)
+                            metavar=None if choices else name.upper(), **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
