@@ -13,7 +13,7 @@ import yaml
 from softprompt import cli
 from softprompt.train import TrainArgs, build_config
 
-from . import _tiny
+import _tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*/*.yaml"))

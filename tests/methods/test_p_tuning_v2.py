@@ -16,7 +16,7 @@ from softprompt._attention import slot_of
 def _bert_reference(model: T.BertModel, ids, mask, prefix):
     """BERT's encoder written out by hand, with prefix keys/values (L, 2, H, P, D) in every layer."""
     emb = model.embeddings
-    positions = torch.arange(ids.shape[1])[None]
+    positions = torch.arange(ids.shape[1])[None] + prefix.shape[3]  # the prefix stands where a past would
     x = emb.word_embeddings(ids) + emb.position_embeddings(positions) + emb.token_type_embeddings(torch.zeros_like(ids))
     x = emb.LayerNorm(x)
     heads, dim = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
@@ -71,7 +71,8 @@ def test_sequence_classification_head_on_cls_trains_with_the_prompt():
     labels = torch.tensor([2, 0])
     out = pm(**batch, labels=labels)
     assert out.logits.shape == (2, 3)
-    hidden = pm.base_model(**batch).last_hidden_state[:, 0]  # prompts are on: [CLS] with deep prompts
+    positions = torch.arange(4)[None] + 4  # real tokens numbered after the P = 4 prefix positions
+    hidden = pm.base_model(**batch, position_ids=positions).last_hidden_state[:, 0]  # the slots still hold the prefix
     torch.testing.assert_close(out.logits, pm.tasks["default"].head.classifier(hidden))
     out.loss.backward()
     names = {n for n, p in pm.tasks.named_parameters() if p.grad is not None}

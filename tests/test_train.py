@@ -1,0 +1,126 @@
+"""The training loop: reproducibility, gradient accumulation, resume after SIGKILL, data parallel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from softprompt.train import TrainArgs, _micro_batches, train
+
+import _tiny
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    return {"bert": _tiny.bert(root / "bert"), "train": _tiny.sentiment(root / "train.jsonl"),
+            "dev": _tiny.sentiment(root / "dev.jsonl", 16, seed=1), "root": root}
+
+
+def _args(files: dict[str, Path], out: str, **overrides) -> TrainArgs:
+    values = dict(method="p-tuning-v2", model=str(files["bert"]), data=str(files["train"]), out=str(files["root"] / out),
+                  num_virtual_tokens=4, epochs=2, batch_size=8, lr=0.05, warmup_steps=2, log_every=4, eval_every=100)
+    return TrainArgs(**(values | overrides))
+
+
+def _prompt(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "prompt" / "prompts.safetensors")
+
+
+def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_data_order_is_fixed_by_seed_and_epoch() -> None:
+    assert _micro_batches(10, 4, 1, 0, 1) == _micro_batches(10, 4, 1, 0, 1)
+    assert _micro_batches(10, 4, 1, 0, 1) != _micro_batches(10, 4, 1, 1, 1)
+    assert sorted(i for c in _micro_batches(10, 4, 1, 0, 1) for i in c) == list(range(10))
+    assert [len(c) for c in _micro_batches(9, 4, 1, 0, 2)] == [4, 4]  # a 1-row tail cannot feed 2 processes
+
+
+def test_same_seed_same_prompt(files: dict[str, Path]) -> None:
+    # Dropout is on (P-Tuning v2 defaults: prefix and head dropout 0.1), so this also pins the RNG.
+    train(_args(files, "seed_a", dev=str(files["dev"]), eval_every=4))
+    train(_args(files, "seed_b", dev=str(files["dev"]), eval_every=4))
+    train(_args(files, "seed_c", seed=7))
+    a, b, c = _prompt(files["root"] / "seed_a"), _prompt(files["root"] / "seed_b"), _prompt(files["root"] / "seed_c")
+    _assert_identical(a, b)
+    assert not torch.equal(a["default.head.classifier.weight"], c["default.head.classifier.weight"])
+
+
+def test_gradient_accumulation_matches_a_larger_batch(files: dict[str, Path]) -> None:
+    # Without dropout, two micro-batches of 4 (loss / 2 each) give the gradient of one batch of 8:
+    # the same rows in the same order, a mean of two equal-sized means. Only padding lengths and the
+    # summation order differ, so the prompts agree to float32 rounding.
+    quiet = dict(head_dropout=0.0, prefix_dropout=0.0)
+    full = train(_args(files, "batch8", batch_size=8, **quiet))
+    accumulated = train(_args(files, "accum", batch_size=4, grad_accum=2, **quiet))
+    assert full["steps"] == accumulated["steps"] == 16
+    a, b = _prompt(files["root"] / "batch8"), _prompt(files["root"] / "accum")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "softprompt.cli", "train", *args]
+
+
+def _flags(files: dict[str, Path], out: Path) -> list[str]:
+    return ["--method", "p-tuning-v2", "--model", str(files["bert"]), "--data", str(files["train"]), "--out", str(out),
+            "--dev", str(files["dev"]), "--num-virtual-tokens", "4", "--batch-size", "4", "--epochs", "40",
+            "--max-steps", "400", "--lr", "0.02", "--warmup-steps", "5", "--eval-every", "10", "--save-every", "10",
+            "--patience", "1000"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_the_uninterrupted_prompt(files: dict[str, Path]) -> None:
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    straight, killed = files["root"] / "straight", files["root"] / "killed"
+    subprocess.run(_cli(*_flags(files, straight)), check=True, env=env, capture_output=True)
+    process = subprocess.Popen(_cli(*_flags(files, killed)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint" / "trainer_state.pt").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.02)
+    time.sleep(0.3)  # land somewhere between checkpoints
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "prompt").exists(), "the run finished before the kill; make it longer"
+    subprocess.run(_cli(*_flags(files, killed), "--resume"), check=True, env=env, capture_output=True)
+    _assert_identical(_prompt(straight), _prompt(killed))
+    _assert_identical(load_file(straight / "best/prompts.safetensors"), load_file(killed / "best/prompts.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(files: dict[str, Path]) -> None:
+    # Each of 2 processes takes 4 of every 8 rows and DDP averages their gradients: the mean of two
+    # equal-sized means is the mean over the 8 rows. Only float32 summation order differs (all-reduce
+    # vs one sum, shorter padding), ~1e-7 relative per step, which Adam carries through 16 steps well
+    # inside rtol 1e-4. Dropout is off: its masks are drawn per process.
+    if shutil.which("accelerate") is None:
+        pytest.skip("the accelerate launcher is not on PATH")
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    flags = ["--method", "p-tuning-v2", "--model", str(files["bert"]), "--data", str(files["train"]),
+             "--num-virtual-tokens", "4", "--batch-size", "8", "--epochs", "2", "--lr", "0.05",
+             "--head-dropout", "0", "--prefix-dropout", "0"]
+    one, two = files["root"] / "one", files["root"] / "two"
+    subprocess.run(_cli(*flags, "--out", str(one)), check=True, env=env, capture_output=True)
+    launch = ["accelerate", "launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "softprompt.cli", "train"]
+    done = subprocess.run([*launch, *flags, "--out", str(two)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _prompt(one), _prompt(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
