@@ -228,6 +228,18 @@ def build_cell(lib: str, method: str, family: str, template: nn.Module, inputs: 
 
 
 # -- timing ----------------------------------------------------------------------------------------
+def small_op_latency() -> float:
+    """Median seconds of a small (12, 138, 64) concatenation: ~10 us on an idle core; milliseconds when
+    torch's worker threads must wait for cores that other jobs hold (then op count, not FLOPs, dominates)."""
+    a, b = torch.randn(1, 12, 10, 64), torch.randn(1, 12, 128, 64)
+    times = []
+    for _ in range(50):
+        start = time.perf_counter()
+        torch.cat([a, b], dim=2)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def timed(step: Step) -> float:
     start = time.perf_counter()
     step()
@@ -330,7 +342,8 @@ def verdicts(sp: Cell, pf: Cell) -> tuple[str, str]:
     return first, second
 
 
-def render(results: list[FamilyResult], args: argparse.Namespace, command: str, seconds: float) -> str:
+def render(results: list[FamilyResult], args: argparse.Namespace, command: str, seconds: float,
+           latency: tuple[float, float]) -> str:
     lines = [
         "# softprompt vs PEFT vs the bare frozen model (CPU)",
         "",
@@ -343,6 +356,10 @@ def render(results: list[FamilyResult], args: argparse.Namespace, command: str, 
         f"- CPU: {platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()} "
         f"(interop {torch.get_num_interop_threads()}); the machine was shared with other jobs, so absolute "
         "times are noisy -- read the paired ratios",
+        f"- small-op latency (median of a 0.4 MB `torch.cat`) at {torch.get_num_threads()} thread(s): "
+        f"{1e6 * latency[0]:.0f} us before the run, {1e6 * latency[1]:.0f} us after (about 10 us on a free core; "
+        "milliseconds mean torch's worker threads wait for cores held by other jobs, so op count rather "
+        "than arithmetic dominates -- use `--threads 1` then)",
         f"- batch {args.batch}, {args.length} input tokens, {args.tokens} virtual tokens, float32, eval mode "
         f"(no dropout), {args.warmup} warmup + {args.reps} timed repetitions, total run {seconds:.0f} s",
         "",
@@ -408,35 +425,46 @@ def render(results: list[FamilyResult], args: argparse.Namespace, command: str, 
 
 # -- profiling -------------------------------------------------------------------------------------
 def profile(spec: str, args: argparse.Namespace) -> None:
-    """cProfile a few softprompt training steps (and inference forwards) of one cell."""
+    """Profile one cell: cProfile of softprompt's Python (3 steps), then torch ops of bare, softprompt, PEFT."""
     family, method = spec.split(":")
     template = build_model(family)
     inputs = make_inputs(family, args.batch, args.length, args.tokens, template.config.vocab_size)
-    for lib in ("softprompt",):
-        cell = build_cell(lib, method, family, template, inputs, args.tokens)
-        if cell.error:
-            print(cell.error)
-            return
-        for kind in ("train", "infer"):
-            step = getattr(cell, kind)
+    cell = build_cell("softprompt", method, family, template, inputs, args.tokens)
+    if cell.error:
+        print(cell.error)
+        return
+    bare = Cell("bare", f"{args.length} tokens")
+    bare.train, bare.infer = bare_steps(template, inputs, args.length)
+    for kind in ("train", "infer"):
+        step = getattr(cell, kind)
+        step()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(3):
             step()
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for _ in range(3):
-                step()
-            profiler.disable()
-            stream = io.StringIO()
-            stats = pstats.Stats(profiler, stream=stream).sort_stats("cumulative")
-            stats.print_stats(40)
-            print(f"=== {family} {method} {lib} {kind} (3 steps, cumulative) ===")
-            print(stream.getvalue())
+        profiler.disable()
+        stream = io.StringIO()
+        stats = pstats.Stats(profiler, stream=stream)
+        stats.sort_stats("cumulative").print_stats(r"softprompt|transformers/(masking_utils|integrations/sdpa)", 25)
+        stats.sort_stats("tottime").print_stats(20)
+        print(f"=== cProfile: {family} {method} softprompt {kind} (3 steps) ===")
+        print(stream.getvalue())
+    other = build_cell("peft", method, family, template, inputs, args.tokens)
+    contenders = [("bare", bare), ("softprompt", cell)] + ([] if other.error else [("peft", other)])
+    for name, who in contenders:
+        who.train()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                who.train()
+        print(f"=== torch.profiler: {family} {method} {name} train (2 steps), top ops by self CPU time ===")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=48))
 
 
 # -- main ------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 warmup + 2 repetitions (a smoke test)")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, quick 2)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 4, quick 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warmup passes")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--length", type=int, default=128, help="input tokens")
@@ -449,7 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="MODEL:METHOD", help="cProfile one softprompt cell instead")
     args = parser.parse_args(argv)
     if args.reps is None:
-        args.reps = 2 if args.quick else 5
+        args.reps = 2 if args.quick else 4
     return args
 
 
@@ -465,13 +493,14 @@ def main(argv: list[str] | None = None) -> None:
     command = "python bench/bench.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
         argv if argv is not None else sys.argv[1:]))
     rng = random.Random(args.seed)
+    latency_before = small_op_latency()
     started = time.perf_counter()
     results = []
     for family in args.models:
         print(f"{family}: building models", flush=True)
         results.append(run_family(family, args, rng))
         gc.collect()
-    report = render(results, args, command, time.perf_counter() - started)
+    report = render(results, args, command, time.perf_counter() - started, (latency_before, small_op_latency()))
     args.out.write_text(report + "\n")
     print()
     print(report)

@@ -257,6 +257,9 @@ def _call(function: Callable[..., None], namespace: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     namespace = vars(build_parser().parse_args(argv))
     function = COMMANDS[namespace.pop("command")]
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would bury the one-line messages
     try:
         _call(function, namespace)
     except (ValueError, OSError) as exc:  # DataError, ModelError, CheckpointError, TrainError, config errors
