@@ -22,8 +22,15 @@ class Assembled:
     origin: torch.Tensor  # (B, T): new position of each original token
     source: torch.Tensor  # (B, T'): original position of each new position, -1 for soft tokens and filler
 
+    @property
+    def grows(self) -> bool:
+        """Whether soft tokens were inserted (template slots replace tokens in place)."""
+        return self.embeds.shape[1] != self.origin.shape[1]
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """(B, T', ...) -> (B, T, ...): the outputs at the caller's token positions."""
+        if not self.grows:
+            return tensor
         index = self.origin.view(*self.origin.shape, *([1] * (tensor.dim() - 2)))
         return tensor.gather(1, index.expand(-1, -1, *tensor.shape[2:]))
 
