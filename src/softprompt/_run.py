@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, replace_folder
 from .model import PromptModel
 
 CONFIG, METRICS, CURVES = "config.yaml", "metrics.jsonl", "curves.png"
@@ -97,12 +97,7 @@ def save_checkpoint(run: Path, pm: PromptModel, state: dict[str, Any]) -> None:
     pm.save(staging)
     torch.save(state, staging / f".{STATE}.tmp")
     os.replace(staging / f".{STATE}.tmp", staging / STATE)
-    target, retired = run / CHECKPOINT, run / f".{CHECKPOINT}.old"
-    if target.exists():
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(target, retired)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
+    replace_folder(staging, run / CHECKPOINT)
 
 
 def checkpoint_dir(run: Path) -> Path | None:

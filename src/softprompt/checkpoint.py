@@ -34,6 +34,21 @@ class CheckpointError(ValueError):
     pass
 
 
+def replace_folder(staging: Path, target: Path) -> None:
+    """Move a fully written `staging` folder to `target`; any old `target` goes only once the new one is in place.
+
+    A kill between the two renames leaves the old folder at ``.<name>.old``, never half a folder.
+    """
+    if target.exists():
+        retired = target.with_name(f".{target.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(target, retired)
+        os.replace(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
 def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -41,14 +56,7 @@ def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tens
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / TENSORS)
         (staging / META).write_text(json.dumps(meta, indent=2) + "\n")
-        if directory.exists():
-            retired = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(directory, retired)
-            os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
+        replace_folder(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -253,10 +253,7 @@ class PromptModel(nn.Module):
             if not bool(hits.any(-1).all()):
                 raise ValueError("every row needs a [MASK] token where the label word is scored")
             return hits.long().argmax(-1)
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        length = mask.shape[1]
-        # The last real token: with right padding, the one before the first pad; with left padding, the last column.
-        return length - 1 - mask.flip(-1).long().argmax(-1)
+        return last_real(attention_mask if attention_mask is not None else torch.ones_like(input_ids))
 
     def _label_logits(self, names, logits, input_ids, attention_mask) -> torch.Tensor:
         where = self._score_positions(input_ids, attention_mask)
@@ -281,7 +278,7 @@ class PromptModel(nn.Module):
             if self._base.layout == "encoder":
                 where = mask.long().argmax(-1)  # the first real token: [CLS]
             else:
-                where = mask.shape[1] - 1 - mask.flip(-1).long().argmax(-1)  # the last real token
+                where = last_real(mask)
             hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), where]  # (B, H)
         width = max(self.tasks[n].config.num_labels for n in names)
         logits = hidden.new_full((*hidden.shape[:-1], width), float("-inf"), dtype=torch.float32)
@@ -316,6 +313,11 @@ class PromptModel(nn.Module):
             output.sequences = full
             return output
         return full
+
+
+def last_real(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B,): the last real token; with right padding the one before the first pad, with left padding the last column."""
+    return mask.shape[1] - 1 - mask.flip(-1).long().argmax(-1)
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, left: bool) -> dict[str, torch.Tensor]:

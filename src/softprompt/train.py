@@ -223,8 +223,10 @@ def fit(args: TrainArgs, train_examples: list[Example], dev_examples: list[Examp
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     per_epoch = len(_micro_batches(len(train_examples), args.batch_size, args.seed, 0, world))
     total = args.max_steps or max(1, args.epochs * per_epoch // args.grad_accum)
-    make = get_linear_schedule_with_warmup if args.schedule == "linear" else get_constant_schedule_with_warmup
-    scheduler = make(optimizer, args.warmup_steps, total) if args.schedule == "linear" else make(optimizer, args.warmup_steps)
+    if args.schedule == "linear":
+        scheduler = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, total)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, args.warmup_steps)
     wrapped, optimizer = accelerator.prepare(pm, optimizer)
     state: dict[str, Any] = {"step": 0, "micro": 0, "best": -math.inf, "bad_evals": 0, "stopped": False}
     if folder is not None:
