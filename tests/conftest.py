@@ -31,6 +31,7 @@ CONFIGS = {
     ),
     "llama": lambda: T.LlamaConfig(**_DECODER),
     "qwen2": lambda: T.Qwen2Config(**_DECODER),
+    "qwen3": lambda: T.Qwen3Config(head_dim=8, **_DECODER),
     "mistral": lambda: T.MistralConfig(sliding_window=5, **_DECODER),
     "gemma3": lambda: T.Gemma3TextConfig(head_dim=8, sliding_window=5, **_DECODER),
     "bert": lambda: T.BertConfig(**_ENCODER),
@@ -45,7 +46,7 @@ CONFIGS = {
         decoder_start_token_id=EOS, forced_eos_token_id=None, **_COMMON,
     ),
 }
-DECODERS = ["gpt2", "llama", "qwen2", "mistral", "gemma3"]
+DECODERS = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma3"]
 ENCODERS = ["bert", "roberta", "deberta-v2"]
 SEQ2SEQ = ["t5", "bart"]
 FAMILIES = DECODERS + ENCODERS + SEQ2SEQ
