@@ -177,7 +177,15 @@ def test_two_column_file_without_matching_header_suggests_names(tmp_path):
     message = str(info.value)
     assert "d.tsv:1" in message and "['sentence', 'sentiment']" in message
     assert "--text-field 'sentence' --label-field 'sentiment'" in message
-    assert "text<TAB>label" in message  # the fix for a file with no header at all
+    assert "--columns text,label" in message  # the fix for a file with no header at all
+
+
+def test_headerless_table_with_named_columns(tmp_path):
+    path = write(tmp_path, "agnews.tsv", "Wall St. rallies\tBusiness\nA late goal wins it\tSports\n")
+    examples = read_examples(path, "classification", columns=["text", "label"])
+    assert [(ex.text, ex.label) for ex in examples] == [("Wall St. rallies", "Business"), ("A late goal wins it", "Sports")]
+    with pytest.raises(DataError, match=r"agnews\.tsv: --columns headline,label names no column 'text'"):
+        read_examples(path, "classification", columns=["headline", "label"])
 
 
 def test_header_without_the_column_lists_columns(tmp_path):

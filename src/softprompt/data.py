@@ -1,6 +1,6 @@
 """Reading task data (classification, NER, generation) into :class:`Example` lists.
 
-One entry point, :func:`read_examples`, reads JSONL, CSV/TSV with a header row,
+One entry point, :func:`read_examples`, reads JSONL, CSV/TSV (with a header row, or with ``columns`` naming them),
 CoNLL token files and E2E ``source||target`` files, choosing the reader from the
 file extension unless ``format`` is given.  Every problem in a file is reported
 as a :class:`DataError` whose message gives the file, the 1-based line number,
@@ -123,26 +123,29 @@ def _read_jsonl(path: Path, text: str, task: Task, fields: list[str], key: str,
 
 
 def _read_table(path: Path, text: str, task: Task, fields: list[str], key: str,
-                limit: int | None, delimiter: str) -> list[Example]:
+                limit: int | None, delimiter: str, columns: list[str] | None = None) -> list[Example]:
     # GLUE-style TSVs contain unbalanced quotes inside sentences, so quoting is only
     # honoured for CSV, where quoted fields with commas are the norm.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    header = next((row for row in reader if row), None)
+    header = columns or next((row for row in reader if row), None)  # columns: every row is data
     if header is None:
         raise DataError(f"{path}: no examples found (the file is empty)")
     header = [h.strip() for h in header]
     wanted = fields + [key]
     missing = [f for f in wanted if f not in header]
     kind = "TSV" if delimiter == "\t" else "CSV"
+    if missing and columns:
+        raise DataError(f"{path}: --columns {','.join(columns)} names no column {missing[0]!r}; "
+                        f"name the columns so that the field options find theirs")
     if missing and len(header) == 2:
         shown = [h if len(h) <= 40 else h[:37] + "..." for h in header]  # may be a long text
         option = "label" if task == "classification" else "target"
         raise DataError(
             f"{path}:{reader.line_num}: the first row {shown} does not name the fields "
-            f"{wanted}; a {kind} file needs a header row. If these are the column names, pass "
+            f"{wanted}. If these are the column names, pass "
             f"--text-field {shown[0]!r} --{option}-field {shown[1]!r}; if the file has no "
-            f"header, add the first line {(',' if kind == 'CSV' else '<TAB>').join(wanted)}")
+            f"header, name its columns with --columns {','.join(wanted)}")
     if missing:
         raise DataError(f"{path}:{reader.line_num}: the header has no column "
                         f"{missing[0]!r}; the columns are {header}; pass the field options "
@@ -230,8 +233,12 @@ def _guess_format(path: Path, task: Task) -> str:
 def read_examples(path: str | Path, task: Literal["classification", "token-classification", "generation"],
                   *, text_field: str | list[str] = "text", label_field: str = "label",
                   target_field: str = "target", format: str | None = None,
-                  encoding: str | None = None, limit: int | None = None) -> list[Example]:
-    """Read ``path`` into examples for ``task``; see the module docstring for formats."""
+                  encoding: str | None = None, limit: int | None = None,
+                  columns: list[str] | None = None) -> list[Example]:
+    """Read ``path`` into examples for ``task``; see the module docstring for formats.
+
+    ``columns`` names the columns of a CSV/TSV file without a header row (every row is then data).
+    """
     path = Path(path)
     if task not in ("classification", "token-classification", "generation"):
         raise ValueError(f"unknown task {task!r}")
@@ -257,7 +264,7 @@ def read_examples(path: str | Path, task: Literal["classification", "token-class
     elif fmt == "jsonl":
         examples = _read_jsonl(path, text, task, fields, key, limit)
     else:
-        examples = _read_table(path, text, task, fields, key, limit, "\t" if fmt == "tsv" else ",")
+        examples = _read_table(path, text, task, fields, key, limit, "\t" if fmt == "tsv" else ",", columns)
     if not examples:
         raise DataError(f"{path}: no examples found (the file is empty or holds only blank "
                         f"or -DOCSTART- lines)")

@@ -69,6 +69,8 @@ class TrainArgs:
     """Data format when the extension does not tell: jsonl, csv, tsv, conll, e2e."""
     encoding: str | None = None
     """Text encoding of the data files (default utf-8)."""
+    columns: str | None = None
+    """Column names of a CSV/TSV without a header row, comma-separated, e.g. text,label."""
     limit: int | None = None
     """Read at most this many training examples."""
     dev_limit: int | None = None
@@ -175,7 +177,8 @@ def read_data(args: TrainArgs, path: str, limit: int | None) -> list[Example]:
     fields = [f.strip() for f in args.text_field.split(",")]
     return read_examples(path, args.task_type, text_field=fields if len(fields) > 1 else fields[0],
                          label_field=args.label_field, target_field=args.target_field,
-                         format=args.format, encoding=args.encoding, limit=limit)
+                         format=args.format, encoding=args.encoding, limit=limit,
+                         columns=[c.strip() for c in args.columns.split(",")] if args.columns else None)
 
 
 def train(args: TrainArgs) -> dict[str, Any]:
