@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import importlib.util
 import json
 from pathlib import Path
@@ -130,15 +131,19 @@ def test_recipe_parses_into_valid_train_args(recipe: Path) -> None:
     first = recipe.read_text().splitlines()[0]
     assert first == f"# softprompt train --config recipes/{recipe.parent.name}/{recipe.name}"
     args = TrainArgs(**cli.read_recipe(recipe))
-    assert args.model == recipe.parent.name and args.method == recipe.stem.replace("_ner", "").replace("_", "-")
+    method = re.sub(r"_(ner|e2e|rte)$", "", recipe.stem).replace("_", "-")
+    assert args.model == recipe.parent.name and args.method == method
     assert args.data.startswith("../shared/data/") and args.out
     labels = {"classification": ["0", "1"], "token-classification": ["O", "B-PER"], "generation": []}[args.task_type]
+    if isinstance(args.label_words, dict):
+        labels = list(args.label_words)
     config = build_config(args, labels)
     assert config.method == args.method
 
 
-def test_recipes_exist() -> None:
-    assert len(RECIPES) == 6
+def test_recipes_are_the_quality_report_runs() -> None:
+    used = set(re.findall(r'"((?:minilm|smollm2)/\w+\.yaml)"', (ROOT / "reports/quality.py").read_text()))
+    assert used == {f"{p.parent.name}/{p.name}" for p in RECIPES}
 
 
 def test_command_line_overrides_recipe(tmp_path: Path, files: dict[str, Path]) -> None:

@@ -1,0 +1,41 @@
+"""reports/quality.py end to end on a few examples per row (--smoke), so the report script keeps working."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"no datasets folder at {DATA}")
+def test_quality_script_measures_every_row_and_renders(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "reports/quality.py"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "quality.md").read_text()
+    assert "not measured" not in report
+    rows = sorted((tmp_path / "results").glob("*/*.json"))
+    assert len(rows) == report.count("\n| ") - report.count("\n| run |")
+    for path in rows:
+        row = json.loads(path.read_text())
+        assert row["test"] and all(0 <= v <= 100 for v in row["test"].values()), path
+        trained = row["trainable_parameters"] > 0
+        assert trained == ("untuned" not in path.stem and "hand" not in path.stem), path
+        if trained:
+            assert row["steps"] >= 1 and row["train_seconds"] > 0
+
+
+def test_missing_data_is_skipped_with_a_message(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "reports/quality.py"), "--data", str(tmp_path / "none"),
+                           "--out", str(tmp_path), "--only", "minilm-sst2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipping minilm-sst2: sst2/train.tsv" in done.stderr
+    assert "| not measured |" in (tmp_path / "quality.md").read_text()
