@@ -30,7 +30,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from softprompt import metrics
-from softprompt._collate import Collator
+from softprompt._collate import Collator, word_tags
 from softprompt.checkpoint import load
 from softprompt.cli import read_recipe
 from softprompt.data import IGNORE_INDEX, Example, align_word_labels, label_set, read_examples
@@ -180,13 +180,8 @@ def finetune_row(kind: str, *, lr: float, epochs: int, batch_size: int, max_leng
             if kind == "classification":
                 out += [labels[i] for i in best]
                 continue
-            for row, ex in enumerate(chunk):
-                tags, seen = ["O"] * len(ex.tokens), set()
-                for position, word in enumerate(word_ids[row]):
-                    if word is not None and word not in seen:
-                        seen.add(word)
-                        tags[word] = labels[best[row][position]]
-                out.append(tags)
+            out += [word_tags(best[row], word_ids[row], len(ex.tokens), labels, left=False)
+                    for row, ex in enumerate(chunk)]
         model.train()
         return out
 

@@ -125,18 +125,8 @@ class Collator:
             logits = out["label_logits"] if out.get("label_logits") is not None else out["logits"]  # (B, C)
             return [self.labels[i] for i in logits.argmax(-1).tolist()]
         best = out["logits"].argmax(-1).tolist()  # (B, T)
-        predictions = []
-        for row, ex in enumerate(examples):
-            words = ex.tokens or str(ex.text).split()
-            tags = ["O"] * len(words)  # words cut by truncation stay outside any entity
-            seen: set[int] = set()
-            for position, word in enumerate(word_ids[row]):
-                if word is not None and word not in seen:
-                    seen.add(word)
-                    offset = len(best[row]) - len(word_ids[row]) if self.left else 0
-                    tags[word] = self.labels[best[row][offset + position]]
-            predictions.append(tags)
-        return predictions
+        return [word_tags(best[row], word_ids[row], len(ex.tokens or str(ex.text).split()), self.labels, self.left)
+                for row, ex in enumerate(examples)]
 
     def golds(self, examples: list[Example]) -> list:
         if self.kind == "classification":
@@ -144,3 +134,19 @@ class Collator:
         if self.kind == "token-classification":
             return [list(ex.tags or []) for ex in examples]
         return [ex.references or [ex.target or ""] for ex in examples]
+
+
+def word_tags(best: list[int], word_ids: list[int | None], words: int, labels: list[str], left: bool) -> list[str]:
+    """Each word's tag: the class predicted at its first sub-token (the one that carried its label).
+
+    ``best`` holds one class id per position of a padded row, ``word_ids`` the tokenizer's word index
+    per real sub-token. Words cut off by truncation stay "O", outside any entity.
+    """
+    tags = ["O"] * words
+    offset = len(best) - len(word_ids) if left else 0
+    seen: set[int] = set()
+    for position, word in enumerate(word_ids):
+        if word is not None and word not in seen:
+            seen.add(word)
+            tags[word] = labels[best[offset + position]]
+    return tags
