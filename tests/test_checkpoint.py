@@ -122,3 +122,76 @@ def test_tampered_tensors_are_refused(tmp_path):
     save_file({"default.input_prompt.encoder.weight": torch.zeros(4, 32)}, tmp_path / "ckpt" / "prompts.safetensors")
     with pytest.raises(softprompt.CheckpointError, match="shape"):
         softprompt.load(build("gpt2"), tmp_path / "ckpt")
+
+
+def test_saving_onto_a_folder_of_other_files_is_refused(tmp_path):
+    pm = softprompt.attach(build("gpt2"), method_config("prompt-tuning"))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/important.txt").write_text("keep me")
+    for write in (pm.save, pm.export):
+        with pytest.raises(softprompt.CheckpointError, match="important.txt"):
+            write(tmp_path / "mine")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["important.txt"]
+    (tmp_path / "file").write_text("a file")
+    with pytest.raises(softprompt.CheckpointError, match="is a file"):
+        pm.save(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "a file"
+    # A prompt folder (and an empty one) is written over, as a whole.
+    pm.save(tmp_path / "ckpt")
+    pm.export(tmp_path / "ckpt")
+    (tmp_path / "empty").mkdir()
+    pm.save(tmp_path / "empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "empty", "file", "mine"]
+
+
+def test_an_interrupted_publish_is_finished_or_rolled_back(tmp_path):
+    from softprompt.checkpoint import is_prompt_folder, recover_folder
+
+    pm = softprompt.attach(build("gpt2"), method_config("prompt-tuning"))
+    target = tmp_path / "best"
+    pm.export(target)
+    # Killed after `best -> .best.old`, before the new folder was complete: the old one comes back.
+    (tmp_path / ".best.new").mkdir()
+    (tmp_path / ".best.new/prompts.safetensors").write_bytes(b"half")
+    target.rename(tmp_path / ".best.old")
+    assert "restored" in recover_folder(target, is_prompt_folder)
+    assert is_prompt_folder(target) and sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    # Killed after `best -> .best.old` with the new folder complete: it is published.
+    pm.export(tmp_path / "staged")
+    (tmp_path / "staged").rename(tmp_path / ".best.new")
+    target.rename(tmp_path / ".best.old")
+    assert "finished" in recover_folder(target, is_prompt_folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    # Leftovers beside a whole folder go; nothing to do is None.
+    (tmp_path / ".best.new").mkdir()
+    assert "removed" in recover_folder(target, is_prompt_folder)
+    assert recover_folder(target, is_prompt_folder) is None
+    # A library save recovers first, so a leftover .old never shadows the folder.
+    target.rename(tmp_path / ".best.old")
+    pm.save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "is damaged"), (None, "is damaged"),
+])
+def test_damaged_tensors_are_a_checkpoint_error(tmp_path, content, expected):
+    pm = softprompt.attach(build("gpt2"), method_config("prompt-tuning"))
+    pm.save(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "prompts.safetensors"
+    path.write_bytes(content if content is not None else path.read_bytes()[:-8])
+    with pytest.raises(softprompt.CheckpointError, match=expected):
+        softprompt.load(build("gpt2"), tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("meta, expected", [
+    ("[]", "holds a list"), ('{"format_version": 1}', "'base_model' is missing"),
+    ('{"format_version": 1, "base_model": {}, "tasks": {"default": {"method": "prompt-tuning", "init": 3}}}', "init=3"),
+    ('{"format_version": 1, "base_model": {}, "tasks": {"default": {"method": "prompt-tuning", "size": 3}}}', "unknown fields"),
+])
+def test_damaged_metadata_is_a_checkpoint_error(tmp_path, meta, expected):
+    pm = softprompt.attach(build("gpt2"), method_config("prompt-tuning"))
+    pm.save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "softprompt.json").write_text(meta)
+    with pytest.raises(softprompt.CheckpointError, match=expected):
+        softprompt.load(build("gpt2"), tmp_path / "ckpt")

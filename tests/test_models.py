@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -237,8 +238,14 @@ def test_conversion_is_cached_and_half_folders_are_replaced(
     assert len(calls) == 1
     assert sorted(p.name for p in cache.iterdir()) == ["smollm2"]
 
-    # A changed source file (package upgrade) invalidates the cache.
-    (fake_smollm2 / sm._SMOLLM2_GGUF).write_bytes(b"GGUF fake, but newer and longer")
+    # Another environment's copy of the same file (same content, another mtime) reuses the cache.
+    gguf = fake_smollm2 / sm._SMOLLM2_GGUF
+    os.utime(gguf, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 10**12))
+    resolve_model("smollm2", cache_dir=cache)
+    assert len(calls) == 1
+
+    # Changed content invalidates the cache, even at the same size (a package upgrade).
+    gguf.write_bytes(bytes(reversed(gguf.read_bytes())))
     resolve_model("smollm2", cache_dir=cache)
     assert len(calls) == 2
 
@@ -320,16 +327,36 @@ def test_fingerprint_is_stable_and_tells_models_apart(tmp_path: Path) -> None:
     assert len(fp["embedding_sha256"]) == 64
 
     other = fingerprint(second)
-    assert other["embedding_sha256"] != fp["embedding_sha256"]
-    assert {k: v for k, v in other.items() if k != "embedding_sha256"} == {
-        k: v for k, v in fp.items() if k != "embedding_sha256"
-    }
+    hashes = ("embedding_sha256", "weights_sha256")
+    assert all(other[k] != fp[k] for k in hashes)
+    assert {k: v for k, v in other.items() if k not in hashes} == {k: v for k, v in fp.items() if k not in hashes}
 
     # Survives a save/load round trip.
     folder = _save(first, tmp_path / "llama", pad=False)
     reloaded, _ = load_model(str(folder))
     assert fingerprint(reloaded) == fp
     assert fingerprint(BertModel(_tiny_bert_config()))["model_type"] == "bert"
+
+
+def test_fingerprint_sees_a_change_in_one_layer() -> None:
+    model, changed = _tiny_llama(0), _tiny_llama(0)
+    with torch.no_grad():
+        changed.model.layers[1].mlp.down_proj.weight[5, 7] += 1.0  # one value of one layer; embeddings untouched
+    before, after = fingerprint(model), fingerprint(changed)
+    assert before["embedding_sha256"] == after["embedding_sha256"]
+    assert before["weights_sha256"] != after["weights_sha256"]
+
+
+def test_a_prompt_is_refused_on_a_model_that_differs_in_one_layer(tmp_path: Path) -> None:
+    import softprompt
+
+    model, changed = _tiny_llama(0), _tiny_llama(0)
+    with torch.no_grad():
+        changed.model.layers[0].self_attn.q_proj.weight.mul_(1.5)
+    softprompt.attach(model, softprompt.PromptTuningConfig(num_virtual_tokens=2)).save(tmp_path / "p")
+    with pytest.raises(softprompt.CheckpointError, match="weights_sha256"):
+        softprompt.load(changed, tmp_path / "p")
+    softprompt.load(_tiny_llama(0), tmp_path / "p")  # the same weights load
 
 
 # --------------------------------------------------------------------------- real models (slow)

@@ -5,7 +5,10 @@ templates) and one class id per row, for a fresh head or for label words. token-
 pre-split words through the fast tokenizer (``is_split_into_words=True``), each word's tag on its
 first sub-token and -100 elsewhere (``data.align_word_labels``). generation: for a causal LM the
 row is ``source + separator + target + eos`` with labels only on the target, left padded; for a
-sequence-to-sequence model the source is the input and the target ids are the labels.
+sequence-to-sequence model the source is the input and the target ids are the labels. The longest
+input is capped so that input and prompt fit the model's position table, and inputs longer than
+that are cut, each kind keeping the part its task needs; :meth:`Collator.truncation_notice` counts
+them once for the user.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from typing import Literal
 
 import torch
 
+from transformers.utils import logging as hf_logging
+
 from .data import IGNORE_INDEX, Example, align_word_labels
+from .errors import UserError
 from .model import PromptModel, pad_rows
 
 TaskKind = Literal["classification", "token-classification", "generation"]
@@ -46,14 +52,74 @@ class Collator:
     def pad_id(self) -> int:
         return self.pm._pad_id()
 
+    # -- lengths --------------------------------------------------------------------------------
+    def position_limit(self) -> int | None:
+        """The longest input whose positions, after the prompt's, still fit the model's position table."""
+        config = self.pm.base_model.config
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if not isinstance(positions, int):
+            return None
+        base, task = self.pm._base, self.pm.tasks["default"]
+        used = base.family.position_offset or 0
+        if task.deep_prompt is not None and base.family.position_offset is not None:
+            used += task.deep_prompt.num_tokens  # real tokens are numbered after the prefix
+        if task.input_prompt is not None and task.input_prompt.placement != "slots":
+            used += task.input_prompt().shape[0]  # soft tokens join the sequence (template slots are in the ids)
+        return positions - used
+
+    def fit_positions(self) -> str | None:
+        """Lower ``max_length`` to :meth:`position_limit`; the notice says so."""
+        limit = self.position_limit()
+        if limit is None or self.max_length <= limit:
+            return None
+        if limit < 2:
+            raise UserError(f"the prompt takes all {limit + (self.max_length - limit)} positions of the model; "
+                            "use fewer --num-virtual-tokens")
+        before, self.max_length = self.max_length, limit
+        return (f"--max-length {before} does not fit the model's positions with the prompt; inputs are capped at "
+                f"{limit} tokens")
+
+    def _full_length(self, examples: list[Example]) -> list[int]:
+        """Each example's input length before any cut."""
+        huge = 1 << 30
+        quiet = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "longer than the specified maximum": that is what is counted here
+        try:
+            if self.kind == "classification":
+                return self.pm.tokenize([ex.text for ex in examples], max_length=huge)["attention_mask"].sum(-1).tolist()
+            if self.kind == "token-classification":
+                words = [ex.tokens or str(ex.text).split() for ex in examples]
+                return [len(ids) for ids in self.tokenizer(words, is_split_into_words=True)["input_ids"]]
+            sources = [ex.text if isinstance(ex.text, str) else " ".join(ex.text.values()) for ex in examples]
+            suffix = "" if self.seq2seq else self.separator
+            return [len(ids) for ids in self.tokenizer([s + suffix for s in sources])["input_ids"]]
+        finally:
+            hf_logging.set_verbosity(quiet)
+
+    def truncation_notice(self, examples: list[Example], what: str) -> str | None:
+        """How many of `examples` are cut to fit, and which part of them is kept; None when none is."""
+        limit = self.max_length if self.kind != "generation" or self.seq2seq else self.max_length // 2
+        cut = sum(sum(n > limit for n in self._full_length(examples[i : i + 512])) for i in range(0, len(examples), 512))
+        if not cut:
+            return None
+        template = getattr(self.pm.tasks["default"].config, "template", None)
+        kept = {"classification": "the template's prompt, anchors and [MASK], the longest field shortened" if template
+                else "their start", "token-classification": "their first words (the rest are tagged O)",
+                "generation": "the end of the source" if not self.seq2seq else "the start of the source"}[self.kind]
+        return (f"{cut} of {len(examples)} {what} rows are longer than {limit} tokens (--max-length) and are cut to fit, "
+                f"keeping {kept}")
+
     # -- training batches ---------------------------------------------------------------------
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         """A training (or dev-loss) batch: inputs plus ``labels``."""
         if self.kind == "classification":
             batch = self.pm.tokenize([ex.text for ex in examples], max_length=self.max_length)
             index = {label: i for i, label in enumerate(self.labels)}
+            unknown = sorted({str(ex.label) for ex in examples if ex.label is not None and str(ex.label) not in index})
+            if unknown:
+                raise UserError(f"labels {unknown} are not among the prompt's labels {self.labels}")
             # Unlabelled rows (prediction) get class 0, which nothing reads.
-            batch["labels"] = torch.tensor([index.get(str(ex.label), 0) for ex in examples])  # (B,)
+            batch["labels"] = torch.tensor([index[str(ex.label)] if ex.label is not None else 0 for ex in examples])  # (B,)
             return batch
         if self.kind == "token-classification":
             return self._tokens(examples, with_labels=True)[0]

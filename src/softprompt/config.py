@@ -1,9 +1,10 @@
 """Configurations of the four prompt methods.
 
 Each method is a dataclass whose defaults are the ones its paper reports (see the table in the
-README). A config validates itself in ``__post_init__`` and raises ``ValueError`` naming the
-offending value. The fields shared by every method (the number of soft tokens, an optional fresh
-linear head, label words scored by the language-model head) live in :class:`TaskConfig`.
+README). A config validates itself in ``__post_init__`` and raises a
+:class:`~softprompt.errors.ConfigError` (a ``ValueError``) naming the offending value. The fields
+shared by every method (the number of soft tokens, an optional fresh linear head, label words
+scored by the language-model head) live in :class:`TaskConfig`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
+
+from .errors import ConfigError
 
 Head = Literal["sequence-classification", "token-classification"]
 
@@ -39,9 +42,9 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
-            raise ValueError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
+            raise ConfigError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
         if self.head is not None and self.head not in ("sequence-classification", "token-classification"):
-            raise ValueError(
+            raise ConfigError(
                 f"head={self.head!r} is not a head; use 'sequence-classification' or 'token-classification'"
             )
         if isinstance(self.label_words, dict):
@@ -49,23 +52,23 @@ class TaskConfig:
                 self.labels = list(self.label_words)
             missing = [label for label in self.labels if label not in self.label_words]
             if missing:
-                raise ValueError(f"label_words has no word for labels {missing}")
+                raise ConfigError(f"label_words has no word for labels {missing}")
             self.label_words = [self.label_words[label] for label in self.labels]
         if self.label_words is not None:
             if self.labels is not None and len(self.labels) != len(self.label_words):
-                raise ValueError(
+                raise ConfigError(
                     f"{len(self.labels)} labels but {len(self.label_words)} label_words; give one word per label"
                 )
             if self.head is not None:
-                raise ValueError("give either a fresh `head` or `label_words`, not both")
+                raise ConfigError("give either a fresh `head` or `label_words`, not both")
         if self.head is not None and self.num_labels is None:
             if self.labels is None:
-                raise ValueError(f"head={self.head!r} needs num_labels or labels")
+                raise ConfigError(f"head={self.head!r} needs num_labels or labels")
             self.num_labels = len(self.labels)
         if self.num_labels is not None and self.num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
+            raise ConfigError(f"num_labels must be >= 1, got {self.num_labels}")
         if not 0.0 <= self.head_dropout < 1.0:
-            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
+            raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
@@ -91,15 +94,15 @@ class PromptTuningConfig(TaskConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.init not in ("random", "vocab", "text", "labels"):
-            raise ValueError(f"init={self.init!r}; use random, vocab, text or labels")
+            raise ConfigError(f"init={self.init!r}; use random, vocab, text or labels")
         if self.init == "text" and not self.init_text:
-            raise ValueError("init='text' needs init_text, e.g. init_text='Classify the sentiment:'")
+            raise ConfigError("init='text' needs init_text, e.g. init_text='Classify the sentiment:'")
         if self.init == "labels" and not (self.label_words or self.labels):
-            raise ValueError("init='labels' needs label_words (or labels) to take the embeddings from")
+            raise ConfigError("init='labels' needs label_words (or labels) to take the embeddings from")
         if self.placement not in ("prefix", "after_bos", "suffix"):
-            raise ValueError(f"placement={self.placement!r}; use prefix, after_bos or suffix")
+            raise ConfigError(f"placement={self.placement!r}; use prefix, after_bos or suffix")
         if self.num_virtual_tokens is None:
-            raise ValueError("num_virtual_tokens is required for prompt tuning")
+            raise ConfigError("num_virtual_tokens is required for prompt tuning")
 
 
 @dataclass
@@ -120,18 +123,18 @@ class PTuningConfig(TaskConfig):
     def __post_init__(self) -> None:
         slots = self.template_slots()
         if slots == 0:
-            raise ValueError(f"template {self.template!r} has no soft slot; add one like [P:3]")
+            raise ConfigError(f"template {self.template!r} has no soft slot; add one like [P:3]")
         if self.num_virtual_tokens is None:
             self.num_virtual_tokens = slots
         elif self.num_virtual_tokens != slots:
-            raise ValueError(
+            raise ConfigError(
                 f"template {self.template!r} holds {slots} soft tokens but num_virtual_tokens="
                 f"{self.num_virtual_tokens}; leave num_virtual_tokens out or change the [P:n] slots"
             )
         if not re.search(r"\{\w+\}", self.template):
-            raise ValueError(f"template {self.template!r} has no input field; add {{text}}")
+            raise ConfigError(f"template {self.template!r} has no input field; add {{text}}")
         if self.encoder not in ("lstm", "mlp", "none"):
-            raise ValueError(f"encoder={self.encoder!r}; use lstm, mlp or none")
+            raise ConfigError(f"encoder={self.encoder!r}; use lstm, mlp or none")
         super().__post_init__()
 
     def template_slots(self) -> int:
@@ -160,14 +163,14 @@ class PrefixTuningConfig(TaskConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_virtual_tokens is None:
-            raise ValueError("num_virtual_tokens is required for prefix tuning")
+            raise ConfigError("num_virtual_tokens is required for prefix tuning")
         if self.projection_hidden_size is not None and self.projection_hidden_size < 1:
-            raise ValueError(f"projection_hidden_size must be >= 1 or None, got {self.projection_hidden_size}")
+            raise ConfigError(f"projection_hidden_size must be >= 1 or None, got {self.projection_hidden_size}")
         if not 0.0 <= self.prefix_dropout < 1.0:
-            raise ValueError(f"prefix_dropout must be in [0, 1), got {self.prefix_dropout}")
+            raise ConfigError(f"prefix_dropout must be in [0, 1), got {self.prefix_dropout}")
         bad = [s for s in self.stacks or [] if s not in ("encoder", "decoder", "cross")]
         if bad:
-            raise ValueError(f"stacks {bad} unknown; use encoder, decoder, cross")
+            raise ConfigError(f"stacks {bad} unknown; use encoder, decoder, cross")
 
     def exported(self) -> PrefixTuningConfig:
         return dataclasses.replace(self, projection_hidden_size=None, init_text=None)
@@ -190,7 +193,7 @@ class PTuningV2Config(PrefixTuningConfig):
         super().__post_init__()
         if self.layers is not None:
             if len(self.layers) != 2 or not 0 <= self.layers[0] < self.layers[1]:
-                raise ValueError(f"layers must be a range [start, end) with 0 <= start < end, got {self.layers}")
+                raise ConfigError(f"layers must be a range [start, end) with 0 <= start < end, got {self.layers}")
             self.layers = [int(self.layers[0]), int(self.layers[1])]
 
 
@@ -204,12 +207,12 @@ def config_from_dict(data: dict[str, Any]) -> TaskConfig:
     data = dict(data)
     method = data.pop("method", None)
     if method not in CONFIGS:
-        raise ValueError(f"unknown method {method!r}; known: {sorted(CONFIGS)}")
+        raise ConfigError(f"unknown method {method!r}; known: {sorted(CONFIGS)}")
     cls = CONFIGS[method]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{method} config has unknown fields {unknown}")
+        raise ConfigError(f"{method} config has unknown fields {unknown}")
     return cls(**data)
 
 

@@ -50,6 +50,8 @@ from transformers.models.auto.modeling_auto import (
 )
 from transformers.utils import logging as hf_logging
 
+from .errors import UserError
+
 __all__ = [
     "ModelError",
     "ModelKind",
@@ -84,7 +86,7 @@ _STALE_TMP_SECONDS = 3600.0
 _FINGERPRINT_VALUES = 4096
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model name, folder or checkpoint that cannot be used as asked."""
 
 
@@ -224,16 +226,22 @@ def _resolve_smollm2(entry: ShortName, package_dir: Path, cache_dir: Path | None
     return target
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _marker_for(gguf_path: Path) -> dict[str, Any]:
-    # Size and mtime of the source stand in for a hash of the 98 MB file: they
-    # change whenever the package is upgraded or reinstalled, which is when a
-    # stale conversion must be rebuilt.
-    stat = gguf_path.stat()
+    # The source's content (size and sha256), not its mtime: another environment's copy of the same
+    # file, installed at another time, must reuse the cache; an upgraded package must not.
     return {
         "format": _CACHE_FORMAT,
         "source": gguf_path.name,
-        "source_size": stat.st_size,
-        "source_mtime_ns": stat.st_mtime_ns,
+        "source_size": gguf_path.stat().st_size,
+        "source_sha256": _sha256(gguf_path),
     }
 
 
@@ -441,17 +449,27 @@ def load_model(
 def fingerprint(model: PreTrainedModel) -> dict[str, Any]:
     """Identify the base model a soft prompt was trained against.
 
-    Returns ``model_type``, ``hidden_size``, ``num_layers``, ``vocab_size`` and
-    ``embedding_sha256``: the sha256 of the first 4096 values of the input
-    embedding matrix as little-endian float32 bytes.  The hash tells apart
-    checkpoints that share an architecture (e.g. two fine-tunes) and is
-    independent of the dtype or device the model was loaded with.
+    Returns ``model_type``, ``hidden_size``, ``num_layers``, ``vocab_size``,
+    ``embedding_sha256`` (the first 4096 values of the input embedding matrix)
+    and ``weights_sha256``: the sha256 of every tensor of the backbone
+    (``model.base_model``: the shared part of every head class) by name and
+    shape, with up to :data:`_FINGERPRINT_VALUES` values of each taken at an
+    even stride.  Values are hashed as little-endian float32 bytes, so the
+    hash is independent of the dtype or device the model was loaded with, and
+    a model that differs from another in any one layer gets another hash.
     """
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     embeddings = model.get_input_embeddings().weight.detach()
     head = embeddings.reshape(-1)[:_FINGERPRINT_VALUES].to(device="cpu", dtype=torch.float32)
     digest = hashlib.sha256(head.numpy().astype("<f4", copy=False).tobytes()).hexdigest()
+    weights = hashlib.sha256()
+    backbone = getattr(model, "base_model", model)
+    for name, tensor in sorted(backbone.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // _FINGERPRINT_VALUES)][:_FINGERPRINT_VALUES]
+        weights.update(f"{name}{tuple(tensor.shape)}".encode())
+        weights.update(sample.to(device="cpu", dtype=torch.float32).numpy().astype("<f4", copy=False).tobytes())
     return {
         "model_type": getattr(config, "model_type", None),
         "hidden_size": getattr(text_config, "hidden_size", None),
@@ -460,4 +478,5 @@ def fingerprint(model: PreTrainedModel) -> dict[str, Any]:
         # prompt's token ids actually index, even after a resize.
         "vocab_size": int(embeddings.shape[0]),
         "embedding_sha256": digest,
+        "weights_sha256": weights.hexdigest(),
     }

@@ -3,48 +3,128 @@
 Minimizes the task loss L(theta_prompt) with the base model frozen: AdamW (or Adafactor), a
 warmup followed by a linear or constant schedule, gradient accumulation and clipping, a dev
 evaluation every N optimizer steps that keeps the best prompt and stops early after `patience`
-evaluations without improvement. Batches are drawn in an order fixed by (seed, epoch), and a
-checkpoint holds the optimizer, scheduler and RNG states, so ``resume=True`` finishes with the same
-prompt, bit for bit, as a run that was never interrupted. The same code runs in one process or
-under ``accelerate launch``: each global micro-batch of ``batch_size`` rows is split across the
-processes, whose gradients are averaged.
+evaluations without improvement. Without a dev file a stratified part of the training rows is held
+out for that. Options left unset take per-method defaults (:data:`METHOD_DEFAULTS`, from the papers
+and checked on data; see the README). :class:`Trainer` holds one run: ``setup`` builds it (or
+restores it from a checkpoint), ``step`` runs one micro-batch, ``evaluate`` scores the dev rows;
+:func:`fit` composes them. Batches are drawn in an order fixed by (seed, epoch), and a checkpoint
+holds the prompt and Accelerate's state (optimizer, scheduler, every process's RNG), so
+``resume=True`` finishes with the same prompt, bit for bit, as a run that was never interrupted.
+The same code runs in one process or under ``accelerate launch``: each global micro-batch of
+``batch_size`` rows is split across the processes, whose gradients are averaged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import random
+import sys
 import time
-from dataclasses import dataclass
+import typing
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 from transformers.optimization import Adafactor
 
-from . import _run
+from . import _run, metrics
 from ._collate import Collator
 from .checkpoint import load
 from .config import CONFIGS, TaskConfig
-from .data import Example, check_labels, label_set, read_examples
+from .data import Example, label_set, read_examples
+from .errors import TrainError
 from .evaluate import PRIMARY, evaluate
 from .model import PromptModel, attach
 from .models import load_model
 
-METHOD_OPTIONS = ("num_virtual_tokens", "init", "init_text", "template", "label_words", "projection_hidden_size",
-                  "encoder", "placement", "head_dropout", "prefix_dropout")
+__all__ = ["METHOD_DEFAULTS", "TrainArgs", "TrainError", "Trainer", "build_config", "fit", "read_data", "train"]
+
+# -- method options: declared once, in the config dataclasses -------------------------------------
+_FROM_DATA = ("head", "num_labels", "labels")  # set from the data and --task-type, not by hand
+_CLI_TYPES: dict[str, Any] = {"label_words": str | dict[str, str] | None}  # also 'label:word,label:word'
 
 
-class TrainError(ValueError):
-    """Train arguments that cannot work together; the message says which and what to change."""
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass and its bases: the string literal under each field."""
+    import ast
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # made at run time: no source
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def method_options() -> dict[str, tuple[Any, str]]:
+    """Every option of the four method configs: name -> (type accepting None, help naming each method's default)."""
+    options: dict[str, tuple[Any, str]] = {}
+    defaults: dict[str, list[str]] = {}
+    for method, cls in CONFIGS.items():
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in _FROM_DATA:
+                continue
+            if f.name not in options:
+                options[f.name] = (_CLI_TYPES.get(f.name, hints[f.name] | None), docs.get(f.name, ""))
+            if f.default is not dataclasses.MISSING and f.default is not None:
+                defaults.setdefault(f.name, []).append(f"{method} {f.default}")
+            else:
+                defaults.setdefault(f.name, [])
+    methods = {name: [m for m, cls in CONFIGS.items() if name in {f.name for f in dataclasses.fields(cls)}] for name in options}
+    out = {}
+    for name, (hint, doc) in options.items():
+        where = "" if len(methods[name]) == len(CONFIGS) else f" Methods: {', '.join(methods[name])}."
+        shown = f" Default: {'; '.join(defaults[name])}." if defaults[name] else ""
+        out[name] = (hint, f"{doc}{where}{shown}")
+    return out
+
+
+MethodOptions = dataclasses.make_dataclass(
+    "MethodOptions", [(name, hint, field(default=None)) for name, (hint, _) in method_options().items()])
+MethodOptions.__doc__ = "The prompt-method options, one per field of the method configs (None: the method's default)."
+MethodOptions.__module__ = __name__
+
+# -- per-method training defaults ------------------------------------------------------------------
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Lester et al. 2021 train prompts at lr 0.3 (Adafactor); with AdamW and the fresh linear head that
+    # MiniLM needs, 3e-2 is the rate that learned on SST-2 and the reviews (README, "Defaults").
+    "prompt-tuning": {"lr": 3e-2, "min_steps": 500},
+    # Liu et al. 2021 tune the LSTM prompt encoder at 1e-5 with the LM; frozen, 1e-3 (reports/quality.md).
+    "p-tuning": {"lr": 1e-3, "min_steps": 500},
+    # Li & Liang 2021: 5e-5..8e-5 on GPT-2 Medium for 5-10 epochs; 1e-3 learned E2E on SmolLM2 (reports/quality.md).
+    "prefix-tuning": {"lr": 1e-3, "min_steps": 300},
+    # Liu et al. 2022: lr 5e-3..1e-2 (sequence classification), P = 16 (classification < 20).
+    "p-tuning-v2": {"lr": 1e-2, "min_steps": 500},
+}
+DEFAULT_EPOCHS = 5
+"""Passes over the training rows unless the method's step floor asks for more."""
+WARMUP_SHARE = 0.06
+"""Share of the optimizer steps that warm up linearly (RoBERTa's and P-Tuning v2's GLUE runs use 6 %)."""
+EVALS_PER_RUN = 10
+"""Dev evaluations in a run when --eval-every is left out."""
+PATIENCE = 4
+"""Evaluations without improvement before stopping when --patience is left out and dev rows exist."""
 
 
 @dataclass
-class TrainArgs:
+class TrainArgs(MethodOptions):  # type: ignore[valid-type, misc]
     """Train a prompt on a frozen model and write a run folder."""
 
     method: Literal["prompt-tuning", "p-tuning", "prefix-tuning", "p-tuning-v2"] = "p-tuning-v2"
@@ -52,21 +132,25 @@ class TrainArgs:
     model: str = ""
     """Base model: a short name (minilm, smollm2) or a Hugging Face model folder."""
     data: str = ""
-    """Training data file (jsonl, csv, tsv, CoNLL or E2E)."""
+    """Training data file."""
     out: str = ""
     """Run folder to write (checkpoint/, best/, prompt/, config.yaml, metrics.jsonl, curves.png)."""
     dev: str | None = None
-    """Dev data file, scored every --eval-every steps to keep the best prompt."""
+    """Dev data file, scored every --eval-every steps to keep the best prompt (default: held out from --data)."""
+    dev_fraction: float | None = None
+    """Share of --data held out as dev rows (stratified by label) when there is no --dev; 0 trains on every row and keeps the last prompt. Default: 10 %, at least 100 rows but at most a fifth, at most 1,000."""
+    split: str | None = None
+    """Split to read from a data folder that holds several (e.g. a `datasets` save_to_disk folder)."""
     task_type: Literal["classification", "token-classification", "generation"] = "classification"
     """What the data holds."""
     text_field: str = "text"
-    """Input field(s) of jsonl/csv/tsv data; several as a comma-separated list."""
+    """Input field(s) of table or JSON data; several as a comma-separated list."""
     label_field: str = "label"
     """Label field of classification data."""
     target_field: str = "target"
     """Target field of generation data."""
     format: str | None = None
-    """Data format when the extension does not tell: jsonl, csv, tsv, conll, e2e."""
+    """Data format when the file name does not tell (e.g. jsonl, csv, tsv, conll, e2e)."""
     encoding: str | None = None
     """Text encoding of the data files (default utf-8)."""
     columns: str | None = None
@@ -75,68 +159,85 @@ class TrainArgs:
     """Read at most this many training examples."""
     dev_limit: int | None = None
     """Score at most this many dev examples."""
-    max_length: int = 128
-    """Longest input in tokens."""
+    max_length: int = 256
+    """Longest input in tokens; longer inputs are cut (P-Tuning keeps the template's anchors and [MASK]) and the count is reported. Capped so that input and prompt fit the model's positions."""
     separator: str = " => "
     """Text between source and target for generation with a causal LM."""
     max_new_tokens: int = 64
     """Tokens generated per dev example (generation)."""
-    num_virtual_tokens: int | None = None
-    """Number of soft tokens / prefix positions (method default when left out)."""
-    init: str | None = None
-    """Prompt-tuning initialization: random, vocab, text or labels."""
-    init_text: str | None = None
-    """Text to initialize the prompt from (prompt-tuning init=text, prefix-tuning word activations)."""
-    template: str | None = None
-    """P-Tuning template, e.g. '[P:3] {text} [P:3] It was [MASK]'."""
-    label_words: str | dict[str, str] | None = None
-    """Verbalizer 'label:word,label:word' (scored by the LM head instead of a fresh head)."""
-    projection_hidden_size: int | None = None
-    """Width of the prefix reparameterization MLP."""
-    encoder: str | None = None
-    """P-Tuning prompt encoder: lstm, mlp or none."""
-    placement: str | None = None
-    """Prompt-tuning placement: prefix, after_bos or suffix."""
-    head_dropout: float | None = None
-    """Dropout before the fresh head."""
-    prefix_dropout: float | None = None
-    """Dropout on prefix keys and values."""
-    epochs: int = 3
-    """Passes over the training data (unless --max-steps ends training first)."""
+    epochs: int | None = None
+    """Passes over the training data, raised to reach the method's step floor (default: 5)."""
+    min_steps: int | None = None
+    """Floor on optimizer steps when --max-steps is left out (default, when --epochs is left out too: 500 per method; prefix-tuning 300)."""
     max_steps: int | None = None
-    """Stop after this many optimizer steps."""
+    """Train exactly this many optimizer steps (overrides --epochs and --min-steps)."""
     batch_size: int = 16
     """Rows per micro-batch, summed over all processes."""
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
-    lr: float = 5e-3
-    """Peak learning rate."""
+    lr: float | None = None
+    """Peak learning rate (default per method: prompt-tuning 3e-2, p-tuning 1e-3, prefix-tuning 1e-3, p-tuning-v2 1e-2)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     optimizer: Literal["adamw", "adafactor"] = "adamw"
     """adamw, or adafactor (Lester et al.'s choice for prompt tuning)."""
     schedule: Literal["linear", "constant"] = "linear"
     """Learning rate after warmup: linear decay to 0, or constant."""
-    warmup_steps: int = 0
-    """Optimizer steps of linear warmup."""
+    warmup_steps: int | None = None
+    """Optimizer steps of linear warmup (default: 6 % of the steps)."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this (none: no clipping)."""
-    eval_every: int = 100
-    """Score the dev set every this many optimizer steps."""
+    class_weight: Literal["none", "balanced"] = "none"
+    """Loss weights per class: none, or balanced (rare classes count as much as common ones in the loss)."""
+    eval_every: int | None = None
+    """Score the dev set every this many optimizer steps (default: 10 times per run)."""
     save_every: int | None = None
     """Write checkpoint/ every this many optimizer steps (default: --eval-every)."""
     log_every: int = 10
     """Log the training loss every this many optimizer steps."""
     patience: int | None = None
-    """Stop after this many dev evaluations without improvement."""
+    """Stop after this many dev evaluations without improvement (default: 4; 0 never stops early)."""
     eval_batch_size: int = 64
     """Rows per batch when scoring the dev set."""
     seed: int = 42
-    """Seed of the initialization, the data order and dropout."""
+    """Seed of the initialization, the dev hold-out, the data order and dropout."""
     precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision; fp16 needs a GPU."""
     resume: bool = False
-    """Continue from OUT/checkpoint."""
+    """Continue the run in --out from its checkpoint."""
+    overwrite: bool = False
+    """Replace the run in --out (its files go once the new run writes its first)."""
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "log_every", "eval_every", "save_every", "epochs", "max_steps",
+                    "min_steps", "max_length", "max_new_tokens", "eval_batch_size", "limit", "dev_limit",
+                    "num_virtual_tokens")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise TrainError(f"--{name.replace('_', '-')} {value}: give a whole number of at least 1")
+        for name in ("lr", "weight_decay", "max_grad_norm", "patience", "warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or value < 0 or (name == "lr" and value == 0)):
+                raise TrainError(f"--{name.replace('_', '-')} {value}: give a {'positive' if name == 'lr' else 'non-negative'} number")
+        if self.dev_fraction is not None and not 0 <= self.dev_fraction < 1:
+            raise TrainError(f"--dev-fraction {self.dev_fraction}: give a share from 0 (no hold-out) to below 1")
+        if self.resume and self.overwrite:
+            raise TrainError("--resume continues the run in --out and --overwrite replaces it; give one of them")
+        if self.dev and self.dev_fraction:
+            raise TrainError("--dev-fraction holds out rows of --data when there is no --dev; drop one of them")
+
+    def method_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in method_options() if getattr(self, name) is not None}
+
+
+# Settings a resumed run takes from its checkpoint; giving another value is an error.
+FIXED_ON_RESUME = ("method", "model", "task_type", "batch_size", "grad_accum", "lr", "weight_decay", "optimizer",
+                   "schedule", "warmup_steps", "max_grad_norm", "class_weight", "seed", "max_length", "separator",
+                   "precision", "dev_fraction", "text_field", "label_field", "target_field", *method_options())
+# Settings that may change on resume; a change applies from the checkpoint on and is reported.
+CHANGEABLE_ON_RESUME = ("epochs", "min_steps", "max_steps", "eval_every", "save_every", "log_every", "patience",
+                        "eval_batch_size", "max_new_tokens", "data", "dev", "limit", "dev_limit")
 
 
 def _label_words(value: str | dict[str, str] | None) -> dict[str, str] | None:
@@ -152,7 +253,7 @@ def build_config(args: TrainArgs, labels: list[str]) -> TaskConfig:
     """The method config of ``args``: method options, plus a head or label words for the task kind."""
     cls = CONFIGS[args.method]
     fields = {f.name for f in dataclasses.fields(cls)}
-    given = {name: getattr(args, name) for name in METHOD_OPTIONS if getattr(args, name) is not None}
+    given = args.method_values()
     wrong = sorted(set(given) - fields)
     if wrong:
         flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
@@ -173,22 +274,57 @@ def build_config(args: TrainArgs, labels: list[str]) -> TaskConfig:
     return cls(**given)
 
 
+# -- data ----------------------------------------------------------------------------------------------
 def read_data(args: TrainArgs, path: str, limit: int | None) -> list[Example]:
+    """Examples of a data file, read with the field, format and column options of ``args``."""
     fields = [f.strip() for f in args.text_field.split(",")]
-    return read_examples(path, args.task_type, text_field=fields if len(fields) > 1 else fields[0],
-                         label_field=args.label_field, target_field=args.target_field,
-                         format=args.format, encoding=args.encoding, limit=limit,
-                         columns=[c.strip() for c in args.columns.split(",")] if args.columns else None)
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    options: dict[str, Any] = {}
+    if args.split is not None:
+        if "split" not in inspect.signature(read_examples).parameters:
+            raise TrainError(f"--split {args.split}: this version of softprompt reads no multi-split data folders; "
+                             "drop --split and pass the split's file")
+        options["split"] = args.split
+    examples = read_examples(path, args.task_type, text_field=fields if len(fields) > 1 else fields[0],
+                             label_field=args.label_field, target_field=args.target_field, format=args.format,
+                             encoding=args.encoding, limit=limit, columns=columns, **options)
+    if columns and examples:
+        first = examples[0]
+        texts = list(first.text.values()) if isinstance(first.text, dict) else [first.text]
+        key = first.label if args.task_type == "classification" else first.target
+        if texts == fields and key in (args.label_field, args.target_field):
+            raise TrainError(f"{path}: its first row ({', '.join(texts + [str(key)])}) is a header, but --columns says "
+                             f"the file has none; drop --columns (the header names the columns)")
+    return examples
 
 
-def train(args: TrainArgs) -> dict[str, Any]:
-    """Read the data files of ``args`` and train; see :func:`fit`."""
-    missing = [f"--{name}" for name in ("model", "data", "out") if not getattr(args, name)]
-    if missing:
-        raise TrainError(f"train needs {', '.join(missing)}")
-    train_examples = read_data(args, args.data, args.limit)
-    dev_examples = read_data(args, args.dev, args.dev_limit) if args.dev else []
-    return fit(args, train_examples, dev_examples)
+def hold_out(examples: list[Example], task_type: str, fraction: float | None, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, dev): a share of `examples` set aside as dev rows, the same share of every class."""
+    n = len(examples)
+    wanted = round(n * fraction) if fraction is not None else min(1000, max(round(0.1 * n), min(100, n // 5)))
+    if wanted < 1 or n - wanted < 1:
+        raise TrainError(f"{n} training rows are too few to hold out dev rows; pass --dev FILE or --dev-fraction 0")
+    rng = random.Random(seed)
+    if task_type == "classification":
+        by_label: dict[str, list[int]] = {}
+        for index, ex in enumerate(examples):
+            by_label.setdefault(str(ex.label), []).append(index)
+        dev_index: list[int] = []
+        for label in sorted(by_label):  # largest remainders, so the shares add up to `wanted`
+            rng.shuffle(by_label[label])
+        quotas = {label: wanted * len(rows) / n for label, rows in by_label.items()}
+        counts = {label: int(q) for label, q in quotas.items()}
+        for label in sorted(quotas, key=lambda k: counts[k] - quotas[k])[: wanted - sum(counts.values())]:
+            counts[label] += 1
+        for label, rows in sorted(by_label.items()):
+            take = min(counts[label], len(rows) - 1)  # every class keeps a training row
+            dev_index += rows[:take]
+    else:
+        order = list(range(n))
+        rng.shuffle(order)
+        dev_index = order[:wanted]
+    chosen = set(dev_index)
+    return [ex for i, ex in enumerate(examples) if i not in chosen], [examples[i] for i in sorted(chosen)]
 
 
 def _micro_batches(size: int, batch: int, seed: int, epoch: int, world: int) -> list[list[int]]:
@@ -198,122 +334,384 @@ def _micro_batches(size: int, batch: int, seed: int, epoch: int, world: int) -> 
     return [c for c in chunks if len(c) >= world]  # every process needs a row
 
 
-def fit(args: TrainArgs, train_examples: list[Example], dev_examples: list[Example]) -> dict[str, Any]:
-    """Train on examples; returns a summary (best dev score, steps, parameters, run folder)."""
-    run = Path(args.out)
-    if args.precision == "fp16" and not torch.cuda.is_available():
-        raise TrainError("--precision fp16 needs a GPU (none here); use --precision bf16 or no")
-    accelerator = Accelerator(mixed_precision=args.precision, cpu=not torch.cuda.is_available())
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if args.batch_size % world:
-        raise TrainError(f"--batch-size {args.batch_size} must be a multiple of the {world} processes")
-    labels = label_set(train_examples) if args.task_type != "generation" else []
-    if dev_examples and labels:
-        check_labels(dev_examples, labels, args.dev or "dev")
-    set_seed(args.seed)
-    model, tokenizer = load_model(args.model)
-    folder = _run.checkpoint_dir(run) if args.resume else None
-    if args.resume and folder is None:
-        raise TrainError(f"--resume: {run / _run.CHECKPOINT} holds no checkpoint; drop --resume to start afresh")
-    pm: PromptModel = load(model, folder, tokenizer=tokenizer) if folder else attach(model, build_config(args, labels), tokenizer)
-    config = pm.tasks["default"].config
-    collator = Collator(pm, args.task_type, list(config.labels or labels), args.max_length, args.separator)
-    params = pm.trainable_parameters()
-    if args.optimizer == "adafactor":
-        optimizer = Adafactor(params, lr=args.lr, weight_decay=args.weight_decay, scale_parameter=False,
-                              relative_step=False, warmup_init=False)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    per_epoch = len(_micro_batches(len(train_examples), args.batch_size, args.seed, 0, world))
-    total = args.max_steps or max(1, args.epochs * per_epoch // args.grad_accum)
-    if args.schedule == "linear":
-        scheduler = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, total)
-    else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, args.warmup_steps)
-    wrapped, optimizer = accelerator.prepare(pm, optimizer)
-    state: dict[str, Any] = {"step": 0, "micro": 0, "best": -math.inf, "bad_evals": 0, "stopped": False}
-    if folder is not None:
-        saved = _run.load_state(folder)
-        optimizer.load_state_dict(saved.pop("optimizer"))
-        scheduler.load_state_dict(saved.pop("scheduler"))
-        _run.set_rng_state(saved.pop("rng"))
-        state.update(saved)
-    elif accelerator.is_main_process:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / _run.METRICS).unlink(missing_ok=True)
+def say(message: str) -> None:
+    """A notice for the person running the command (stderr, clear of the progress bar)."""
+    tqdm.write(f"softprompt: {message}", file=sys.stderr)
+
+
+# -- the trainer ---------------------------------------------------------------------------------------
+@dataclass
+class Trainer:
+    """One training run: its prompt, optimizer, data and counters. Build it with :meth:`setup`."""
+
+    args: TrainArgs
+    run: Path
+    accelerator: Accelerator
+    pm: PromptModel
+    wrapped: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    collator: Collator
+    train_examples: list[Example]
+    dev_examples: list[Example]
+    total: int
+    per_epoch: int
+    eval_every: int
+    patience: int
+    class_weights: torch.Tensor | None
+    config_values: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=lambda: {"step": 0, "micro": 0, "best": None, "bad_evals": 0,
+                                                           "best_step": None, "stopped": False, "best_scores": None,
+                                                           "best_predicted": None, "window_loss": 0.0, "window_steps": 0})
+    started: bool = False
+
+    @property
+    def metric(self) -> str:
+        return PRIMARY[self.args.task_type]
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # -- setup ------------------------------------------------------------------------------------
+    @classmethod
+    def setup(cls, args: TrainArgs, train_examples: list[Example], dev_examples: list[Example]) -> Trainer:
+        """Check the arguments against the data (and the checkpoint), load the model, build or restore the state."""
+        run = Path(args.out)
+        if args.precision == "fp16" and not torch.cuda.is_available():
+            raise TrainError("--precision fp16 needs a GPU (none here); use --precision bf16 or no")
+        if not train_examples:
+            raise TrainError("no training examples")
+        accelerator = Accelerator(mixed_precision=args.precision, cpu=not torch.cuda.is_available())
+        world = accelerator.num_processes
+        if args.batch_size % world:
+            raise TrainError(f"--batch-size {args.batch_size} must be a multiple of the {world} processes")
+        _run.check_out(run, args.overwrite, args.resume)
+        saved: dict[str, Any] | None = None
+        if args.resume:
+            if accelerator.is_main_process:
+                for notice in _run.recover(run) if run.is_dir() else []:
+                    say(notice)
+            accelerator.wait_for_everyone()
+            if _run.checkpoint_dir(run) is None:
+                raise TrainError(f"--resume: {run / _run.CHECKPOINT} holds no checkpoint; drop --resume to start afresh")
+            saved = _run.read_config(run)
+            args, changed = _resolve_resume(args, saved)
+        labels = _labels(args, train_examples, saved)
+        args = _resolve_defaults(args)
+        notices: list[str | None] = [changed] if saved is not None else []
+        if not dev_examples and args.dev_fraction != 0:
+            train_examples, dev_examples = hold_out(train_examples, args.task_type, args.dev_fraction, args.seed)
+            n = len(train_examples) + len(dev_examples)
+            notices.append(f"no --dev file: {len(dev_examples)} of the {n} training rows ({100 * len(dev_examples) / n:.0f} %"
+                           f"{', stratified by label' if args.task_type == 'classification' else ''}) are held out as "
+                           "dev rows to pick the best prompt and stop early")
+        if dev_examples and labels:
+            _check_known(dev_examples, labels, args.dev or "the held-out dev rows")
+
+        folder = _run.checkpoint_dir(run) if args.resume else None
+        task_config = build_config(args, labels) if folder is None else None
+        set_seed(args.seed)
+        model, tokenizer = load_model(args.model)
+        if folder is not None:
+            pm = load(model, folder, tokenizer=tokenizer)
+        else:
+            try:
+                pm = attach(model, task_config, tokenizer)
+            except ValueError as exc:  # a method option this model cannot take (layers, stacks, label words)
+                raise TrainError(f"--method {args.method} on {args.model}: {exc}") from exc
+        config = pm.tasks["default"].config
+        collator = Collator(pm, args.task_type, list(config.labels or labels), args.max_length, args.separator)
+        notices.append(collator.fit_positions())
+        if accelerator.is_main_process:
+            notices.append(collator.truncation_notice(train_examples, "training"))
+            for notice in filter(None, notices):
+                say(notice)
+
+        params = pm.trainable_parameters()
+        if args.optimizer == "adafactor":
+            optimizer = Adafactor(params, lr=args.lr, weight_decay=args.weight_decay, scale_parameter=False,
+                                  relative_step=False, warmup_init=False)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+        per_epoch = len(_micro_batches(len(train_examples), args.batch_size, args.seed, 0, world))
+        if per_epoch == 0:
+            raise TrainError(f"{len(train_examples)} training rows cannot feed {world} processes; add rows")
+        total = _total_steps(args, per_epoch)
+        warmup = args.warmup_steps if args.warmup_steps is not None else round(WARMUP_SHARE * total)
+        if args.schedule == "linear":
+            scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        else:
+            scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+        wrapped, optimizer = accelerator.prepare(pm, optimizer)
+        # The scheduler steps once per optimizer step in every process; accelerate.prepare would step it
+        # once per process, so it is only registered for saving.
+        accelerator.register_for_checkpointing(scheduler)
+        # The frozen base model is not part of a checkpoint: the prompt is saved by PromptModel.save.
+        accelerator.register_save_state_pre_hook(lambda models, weights, folder: weights.clear())
+        accelerator.register_load_state_pre_hook(lambda models, folder: models.clear())
+
+        eval_every = args.eval_every or max(1, math.ceil(total / EVALS_PER_RUN))
+        patience = PATIENCE if args.patience is None else args.patience
+        class_weights = _class_weights(args, train_examples, collator.labels)
         model_path = Path(args.model).expanduser()
         values = dataclasses.asdict(args) | {"model": str(model_path.resolve()) if model_path.exists() else args.model}
-        sizes = {"base_parameters": sum(p.numel() for p in pm.base_model.parameters()),
-                 "trainable_parameters": pm.num_trainable_parameters()}
-        _run.write_config(run, values | sizes | {"labels": collator.labels, "task_config": config.to_dict()})
-    metric = PRIMARY[args.task_type]
-    save_every = args.save_every or args.eval_every
-
-    def checkpoint() -> None:
-        if accelerator.is_main_process:
-            full = state | {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _run.rng_state()}
-            _run.save_checkpoint(run, pm, full)
-        accelerator.wait_for_everyone()
-
-    def dev_eval() -> None:
-        scores, _ = evaluate(collator, dev_examples, args.eval_batch_size, args.max_new_tokens)
-        if scores[metric] > state["best"]:
-            state.update(best=scores[metric], bad_evals=0, best_step=state["step"])
+        values |= {"base_parameters": sum(p.numel() for p in pm.base_model.parameters()),
+                   "trainable_parameters": pm.num_trainable_parameters(), "labels": collator.labels,
+                   "task_config": config.to_dict(), "steps": total, "warmup": warmup,
+                   "input_length": collator.max_length}
+        trainer = cls(args, run, accelerator, pm, wrapped, optimizer, scheduler, collator, train_examples, dev_examples,
+                      total, per_epoch, eval_every, patience, class_weights, values)
+        if folder is not None:
+            accelerator.load_state(str(folder))
+            state = _run.trainer_state(folder)
+            trainer.state.update({k: v for k, v in state.items() if k in trainer.state})
+            trainer.started = True
             if accelerator.is_main_process:
-                pm.export(run / _run.BEST)
-        else:
-            state["bad_evals"] += 1
-        if accelerator.is_main_process:
-            _run.log_event(run, {"event": "eval", "step": state["step"], **scores})
-        if args.patience is not None and state["bad_evals"] >= args.patience:
-            state["stopped"] = True
+                _run.drop_events_after(run, trainer.state["step"])
+                _run.write_config(run, values)
+                say(f"resuming {run} from step {trainer.state['step']} of {total}")
+        return trainer
 
-    bar = tqdm(total=total, initial=state["step"], disable=not accelerator.is_local_main_process, desc="train")
-    window_loss, window_rows, window_start = 0.0, 0, time.perf_counter()
-    wrapped.train()
-    epoch = state["micro"] // max(per_epoch, 1)
-    while state["step"] < total and not state["stopped"] and per_epoch:
-        chunks = _micro_batches(len(train_examples), args.batch_size, args.seed, epoch, world)
-        for index in range(state["micro"] - epoch * per_epoch, per_epoch):
-            rows = chunks[index][rank::world]
-            batch = {k: v.to(accelerator.device) for k, v in collator([train_examples[i] for i in rows]).items()}
-            loss = wrapped(**batch).loss / args.grad_accum
-            accelerator.backward(loss)
-            window_loss += accelerator.reduce(loss.detach(), "mean").item()
-            window_rows += len(chunks[index])
-            state["micro"] += 1
-            if state["micro"] % args.grad_accum:
-                continue
-            if args.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            bar.update(1)
-            if state["step"] % args.log_every == 0 or state["step"] == total:
-                seconds = time.perf_counter() - window_start
-                steps = args.log_every if state["step"] % args.log_every == 0 else (state["step"] % args.log_every)
-                event = {"event": "train", "step": state["step"], "epoch": epoch, "loss": window_loss / steps,
-                         "lr": scheduler.get_last_lr()[0], "examples_per_s": window_rows / max(seconds, 1e-9)}
-                bar.set_postfix(loss=f"{event['loss']:.4f}", ex_s=f"{event['examples_per_s']:.1f}")
-                if accelerator.is_main_process:
-                    _run.log_event(run, event)
-                window_loss, window_rows, window_start = 0.0, 0, time.perf_counter()
-            if dev_examples and (state["step"] % args.eval_every == 0 or state["step"] == total):
-                dev_eval()
-            if state["step"] % save_every == 0 or state["step"] == total or state["stopped"]:
-                checkpoint()
-            if state["step"] >= total or state["stopped"]:
-                break
-        epoch += 1
-    bar.close()
-    optimizer.zero_grad(set_to_none=True)
-    if accelerator.is_main_process:
-        pm.export(run / _run.PROMPT)
-        _run.log_event(run, {"event": "end", "step": state["step"], "best_" + metric: state["best"]})
-        _run.plot_curves(run, metric)
-    accelerator.wait_for_everyone()
-    return {"run": str(run), "metric": metric, "best": state["best"] if dev_examples else None,
-            "best_step": state.get("best_step"), "steps": state["step"],
-            "num_trainable_parameters": pm.num_trainable_parameters(), "labels": collator.labels}
+    def start(self) -> None:
+        """Before the run's first write: replace an old run (--overwrite) and write config.yaml."""
+        if not self.started and self.main:
+            _run.start(self.run, self.config_values)
+        self.started = True
+
+    # -- one micro-batch ----------------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of a batch; with class weights, cross-entropy over the logits."""
+        if self.class_weights is None:
+            return self.wrapped(**batch).loss
+        labels = batch.pop("labels")
+        out = self.wrapped(**batch)
+        logits = out["label_logits"] if out.get("label_logits") is not None else out["logits"]
+        weight = self.class_weights.to(logits.device)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), weight=weight,
+                               ignore_index=-100)
+
+    def step(self, rows: list[int]) -> tuple[float, bool]:
+        """Forward and backward on this process's share of one micro-batch; an optimizer step once enough are accumulated.
+
+        Returns (the micro-batch's loss averaged over processes, whether the optimizer stepped).
+        """
+        args = self.args
+        device = self.accelerator.device
+        batch = {k: v.to(device) for k, v in self.collator([self.train_examples[i] for i in rows]).items()}
+        loss = self.loss(batch) / args.grad_accum
+        self.accelerator.backward(loss)
+        value = self.accelerator.reduce(loss.detach(), "mean").item()
+        self.state["micro"] += 1
+        if self.state["micro"] % args.grad_accum:
+            return value, False
+        if args.max_grad_norm is not None:
+            self.accelerator.clip_grad_norm_(self.pm.trainable_parameters(), args.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+        return value, True
+
+    # -- dev evaluation and saving ---------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Score the dev rows; keep the prompt (best/) when it is the best so far."""
+        scores, predictions = evaluate(self.collator, self.dev_examples, self.args.eval_batch_size, self.args.max_new_tokens)
+        self.start()
+        if self.state["best"] is None or scores[self.metric] > self.state["best"]:
+            predicted = dict(Counter(map(str, predictions))) if self.args.task_type == "classification" else None
+            self.state.update(best=scores[self.metric], bad_evals=0, best_step=self.state["step"], best_scores=scores,
+                              best_predicted=predicted)
+            if self.main:
+                self.pm.export(self.run / _run.BEST)
+        else:
+            self.state["bad_evals"] += 1
+        if self.main:
+            _run.log_event(self.run, {"event": "eval", "step": self.state["step"], **scores})
+        if self.patience and self.state["bad_evals"] >= self.patience:
+            self.state["stopped"] = True
+        return scores
+
+    def save(self) -> None:
+        self.start()
+        _run.save_checkpoint(self.run, self.pm, self.accelerator, self.state)
+
+    def log(self, loss: float, steps: int, rows: int, seconds: float, epoch: int, bar: tqdm) -> None:
+        event = {"event": "train", "step": self.state["step"], "epoch": epoch, "loss": loss / steps,
+                 "lr": self.scheduler.get_last_lr()[0], "examples_per_s": rows / max(seconds, 1e-9)}
+        bar.set_postfix(loss=f"{event['loss']:.4f}", ex_s=f"{event['examples_per_s']:.1f}")
+        self.start()
+        if self.main:
+            _run.log_event(self.run, event)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        args, state = self.args, self.state
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        bar = tqdm(total=self.total, initial=state["step"], desc="train",
+                   disable=None if self.accelerator.is_local_main_process else True)  # None: off when not a terminal
+        # The logged loss is the mean over the steps since the last log line; the sum and count travel in the
+        # checkpoint, so a resumed run logs what the uninterrupted run would have.
+        window_rows, window_start = 0, time.perf_counter()
+        self.wrapped.train()
+        epoch = state["micro"] // self.per_epoch
+        try:
+            while state["step"] < self.total and not state["stopped"]:
+                chunks = _micro_batches(len(self.train_examples), args.batch_size, args.seed, epoch, world)
+                for index in range(state["micro"] - epoch * self.per_epoch, self.per_epoch):
+                    loss, stepped = self.step(chunks[index][rank::world])
+                    state["window_loss"] += loss
+                    window_rows += len(chunks[index])
+                    if not stepped:
+                        continue
+                    state["window_steps"] += 1
+                    bar.update(1)
+                    step = state["step"]
+                    if step % args.log_every == 0 or step == self.total:
+                        self.log(state["window_loss"], state["window_steps"], window_rows, time.perf_counter() - window_start,
+                                 epoch, bar)
+                        state.update(window_loss=0.0, window_steps=0)
+                        window_rows, window_start = 0, time.perf_counter()
+                    if self.dev_examples and (step % self.eval_every == 0 or step == self.total):
+                        self.evaluate()
+                    if step % (args.save_every or self.eval_every) == 0 or step == self.total or state["stopped"]:
+                        self.save()
+                    if step >= self.total or state["stopped"]:
+                        break
+                epoch += 1
+        finally:
+            bar.close()  # before any message about an interruption
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.start()
+        if self.main:
+            self.pm.export(self.run / _run.PROMPT)
+            _run.log_event(self.run, {"event": "end", "step": self.state["step"], "best_" + self.metric: self.state["best"],
+                                      "best_step": self.state["best_step"]})
+            _run.plot_curves(self.run, self.metric)
+        self.accelerator.wait_for_everyone()
+        summary: dict[str, Any] = {
+            "run": str(self.run), "metric": self.metric, "best": self.state["best"], "best_step": self.state["best_step"],
+            "steps": self.state["step"], "stopped_early": self.state["stopped"],
+            "num_trainable_parameters": self.pm.num_trainable_parameters(), "labels": self.collator.labels,
+            "train_examples": len(self.train_examples), "dev_examples": len(self.dev_examples),
+        }
+        if self.dev_examples and self.args.task_type == "classification" and self.state["best_scores"]:
+            summary |= verdict(self.state["best_scores"], self.state["best_predicted"], self.train_examples, self.dev_examples)
+        return summary
+
+
+def verdict(scores: dict[str, float], predicted: dict[str, int] | None, train_examples: list[Example],
+            dev_examples: list[Example]) -> dict[str, Any]:
+    """Dev scores of the best prompt beside the majority-class baseline, with warnings in plain words."""
+    majority = Counter(str(ex.label) for ex in train_examples).most_common(1)[0][0]
+    golds = [str(ex.label) for ex in dev_examples]
+    baseline = metrics.compute("classification", [majority] * len(golds), golds)
+    warnings = []
+    predicted = predicted or {}
+    if len(predicted) == 1:
+        warnings.append(f"the best prompt predicts one class ('{next(iter(predicted))}') for every dev row: it has "
+                        "learned nothing useful; train longer (--min-steps), raise --lr or try --class-weight balanced")
+    elif scores["accuracy"] <= baseline["accuracy"] or scores["macro_f1"] <= baseline["macro_f1"]:
+        warnings.append(f"dev accuracy {scores['accuracy']:.3f} / macro-F1 {scores['macro_f1']:.3f} does not beat "
+                        f"always answering '{majority}' ({baseline['accuracy']:.3f} / {baseline['macro_f1']:.3f}); "
+                        "the prompt has not learned the task")
+    return {"dev_accuracy": scores["accuracy"], "dev_macro_f1": scores["macro_f1"],
+            "majority_class": majority, "majority_accuracy": baseline["accuracy"],
+            "majority_macro_f1": baseline["macro_f1"], "dev_predictions": dict(predicted), "warnings": warnings}
+
+
+def _total_steps(args: TrainArgs, per_epoch: int) -> int:
+    if args.max_steps is not None:
+        return args.max_steps
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS
+    return max(1, epochs * per_epoch // args.grad_accum, args.min_steps or 0)
+
+
+def _resolve_defaults(args: TrainArgs) -> TrainArgs:
+    """Fill the per-method defaults of options left unset."""
+    defaults = METHOD_DEFAULTS[args.method]
+    # The step floor is part of the default length of a run: --epochs given alone is taken at its word.
+    floor = defaults["min_steps"] if args.epochs is None else None
+    return dataclasses.replace(args, lr=args.lr if args.lr is not None else defaults["lr"],
+                               min_steps=args.min_steps if args.min_steps is not None else floor)
+
+
+def _resolve_resume(args: TrainArgs, saved: dict[str, Any]) -> tuple[TrainArgs, str | None]:
+    """The checkpoint's settings, with changes only where a resumed run may take them (and a notice naming those)."""
+    values = dataclasses.asdict(args)
+    conflicts = []
+    for name in FIXED_ON_RESUME:
+        old, new = saved.get(name), values[name]
+        if name == "model" and new and Path(new).expanduser().exists():
+            new = str(Path(new).expanduser().resolve())
+        if new is not None and new != old:
+            conflicts.append(f"--{name.replace('_', '-')} {new} (the checkpoint has {old})")
+    if conflicts:
+        raise TrainError("--resume continues with the checkpoint's settings, but these differ: " + "; ".join(conflicts)
+                         + ". Drop them, or train a new run with --overwrite or another --out")
+    changed = [f"--{n.replace('_', '-')} {values[n]} (was {saved.get(n)})" for n in CHANGEABLE_ON_RESUME
+               if values[n] is not None and n in saved and values[n] != saved.get(n)]
+    notice = "resuming with changed settings, applied from the checkpoint on: " + "; ".join(changed) if changed else None
+    merged = {k: saved[k] for k in FIXED_ON_RESUME if k in saved} | {k: values[k] for k in CHANGEABLE_ON_RESUME if values[k] is not None}
+    known = {f.name for f in dataclasses.fields(TrainArgs)}
+    resolved = TrainArgs(**({k: v for k, v in values.items() if k in known} | {k: v for k, v in merged.items() if k in known}))
+    return resolved, notice
+
+
+def _labels(args: TrainArgs, examples: list[Example], saved: dict[str, Any] | None) -> list[str]:
+    if args.task_type == "generation":
+        return []
+    found = label_set(examples)
+    if saved is not None and saved.get("labels"):
+        _check_known(examples, list(saved["labels"]), args.data or "the training data")
+        return list(saved["labels"])
+    if len(found) < 2:
+        what = "tag" if args.task_type == "token-classification" else "label"
+        raise TrainError(f"{args.data or 'the training data'}: every row has the {what} {found[0]!r} if any; a classifier "
+                         f"needs at least two classes (check --label-field)" if found else
+                         f"{args.data or 'the training data'}: no labels found")
+    return found
+
+
+def _check_known(examples: list[Example], labels: list[str], where: str) -> None:
+    known = set(labels)
+    unknown = sorted({value for ex in examples for value in (ex.tags if ex.tags is not None else [ex.label])
+                      if value is not None and value not in known})
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise TrainError(f"{where} has labels the run does not know: {shown}; the run knows {labels}. "
+                         "Fix the labels, or train a new run on data that holds them")
+
+
+def _class_weights(args: TrainArgs, examples: list[Example], labels: list[str]) -> torch.Tensor | None:
+    if args.class_weight == "none" or args.task_type == "generation":
+        return None
+    counts = Counter(tag for ex in examples for tag in (ex.tags if ex.tags is not None else [str(ex.label)]))
+    total = sum(counts.values())
+    # n / (C * n_c): a class of average frequency weighs 1 (scikit-learn's "balanced").
+    return torch.tensor([total / (len(labels) * max(counts.get(label, 0), 1)) for label in labels], dtype=torch.float32)
+
+
+# -- entry points -------------------------------------------------------------------------------------
+def fit(args: TrainArgs, train_examples: list[Example], dev_examples: list[Example]) -> dict[str, Any]:
+    """Train on examples; returns a summary (best dev score, steps, parameters, run folder, the verdict on the dev rows)."""
+    return Trainer.setup(args, train_examples, dev_examples).train()
+
+
+def train(args: TrainArgs) -> dict[str, Any]:
+    """Read the data files of ``args`` and train; see :func:`fit`."""
+    missing = [f"--{name}" for name in ("model", "out") if not getattr(args, name)]
+    if not args.data and not args.resume:
+        missing.insert(1, "--data")
+    if missing:
+        raise TrainError(f"train needs {', '.join(missing)}")
+    _run.check_out(Path(args.out), args.overwrite, args.resume)
+    data = args.data
+    if args.resume and not data:
+        data = _run.read_config(Path(args.out)).get("data", "")
+    train_examples = read_data(args, data, args.limit)
+    dev_examples = read_data(args, args.dev, args.dev_limit) if args.dev else []
+    return fit(args, train_examples, dev_examples)

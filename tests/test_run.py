@@ -1,0 +1,267 @@
+"""Run folders lose nothing and say what they do: overwrite, resume, interrupted publishes, damaged files,
+Ctrl-C, out-of-range options, inputs longer than the model's positions, headers, single-class data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from softprompt import cli
+
+import _tiny
+from test_cli import assert_fails
+
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("run")
+    return {"bert": _tiny.bert(root / "bert"), "gpt2": _tiny.gpt2(root / "gpt2"),
+            "train": _tiny.sentiment(root / "train.jsonl"), "dev": _tiny.sentiment(root / "dev.jsonl", 16, seed=1),
+            "root": root}
+
+
+def _train(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(files["bert"]), "--data", str(files["train"]), "--out", str(out),
+            "--num-virtual-tokens", "4", "--batch-size", "8", "--lr", "0.05", "--log-every", "2", *extra]
+
+
+def _subprocess(*argv: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "softprompt.cli", *argv], env=ENV, capture_output=True, text=True, **kwargs)
+
+
+# -- losing work -----------------------------------------------------------------------------------
+def test_a_run_folder_is_not_overwritten_without_asking(files, tmp_path, capsys) -> None:
+    out = tmp_path / "r"
+    assert cli.main(_train(files, out, "--max-steps", "4", "--dev", str(files["dev"]))) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert_fails(_train(files, out, "--max-steps", "4"), capsys, "already holds a run (p-tuning-v2", "--overwrite", "--resume")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # A folder of other files is no run folder: nothing is written into it.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/notes.txt").write_text("mine")
+    assert_fails(_train(files, tmp_path / "other", "--max-steps", "2"), capsys, "holds files that are not a run", "notes.txt")
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_writes(files, tmp_path, capsys, monkeypatch) -> None:
+    out = tmp_path / "r"
+    assert cli.main(_train(files, out, "--max-steps", "4", "--dev", str(files["dev"]))) == 0
+    config, metrics = (out / "config.yaml").read_text(), (out / "metrics.jsonl").read_text()
+
+    def crash(self, rows):
+        raise KeyboardInterrupt  # the new run dies in its first step
+
+    monkeypatch.setattr("softprompt.train.Trainer.step", crash)
+    assert cli.main(_train(files, out, "--overwrite", "--method", "prompt-tuning", "--max-steps", "4")) == 130
+    assert (out / "config.yaml").read_text() == config and (out / "metrics.jsonl").read_text() == metrics
+    assert (out / "best").is_dir()
+    monkeypatch.undo()
+    # Replaced for real: the old best/ goes with the old run, so eval scores the new run's prompt.
+    capsys.readouterr()
+    assert cli.main(_train(files, out, "--overwrite", "--method", "prompt-tuning", "--max-steps", "4",
+                           "--dev-fraction", "0")) == 0
+    assert not (out / "best").exists()
+    capsys.readouterr()
+    assert cli.main(["inspect", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["method"] == "prompt-tuning" and info["prompt"] == str(out / "prompt")
+
+
+def test_a_kill_between_the_renames_of_best_is_repaired(files, tmp_path, capsys) -> None:
+    out = tmp_path / "r"
+    assert cli.main(_train(files, out, "--max-steps", "4", "--dev", str(files["dev"]))) == 0
+    # What a SIGKILL between `best -> .best.old` and `.best.new -> best` leaves, plus a half-written checkpoint.
+    shutil.copytree(out / "best", out / ".best.new")
+    (out / ".best.new/softprompt.json").unlink()  # not complete: the old one must come back
+    os.replace(out / "best", out / ".best.old")
+    (out / ".checkpoint.new").mkdir()
+    capsys.readouterr()
+    assert cli.main(["eval", "--prompt", str(out), "--data", str(files["dev"])]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt"] == str(out / "best")
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    # A complete .best.new beside a missing best/ was about to be published: it is.
+    shutil.copytree(out / "best", out / ".best.new")
+    (out / ".best.new/marker").write_text("new")
+    os.replace(out / "best", out / ".best.old")
+    assert cli.main(["inspect", str(out)]) == 0
+    assert (out / "best/marker").read_text() == "new" and not (out / ".best.old").exists()
+
+
+# -- resuming --------------------------------------------------------------------------------------
+def test_resume_refuses_flags_that_conflict_with_the_checkpoint(files, tmp_path, capsys) -> None:
+    out = tmp_path / "r"
+    assert cli.main(_train(files, out, "--max-steps", "4", "--save-every", "2", "--dev", str(files["dev"]))) == 0
+    err = assert_fails(_train(files, out, "--resume", "--method", "prompt-tuning", "--lr", "0.3", "--max-steps", "4"),
+                       capsys, "--method prompt-tuning (the checkpoint has p-tuning-v2)", "--lr 0.3 (the checkpoint has 0.05)")
+    assert "--max-steps" not in err
+    # Settings that can change on resume apply, and the output says so.
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(out), "--resume", "--max-steps", "6", "--patience", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "--max-steps 6 (was 4)" in captured.err and json.loads(captured.out)["steps"] == 6
+    # Labels the checkpoint does not know are an error that names them.
+    other = tmp_path / "other.jsonl"
+    other.write_text(files["train"].read_text() + '{"text": "the film", "label": "mixed"}\n'
+                     '{"text": "a film", "label": "meh"}\n')
+    assert_fails(["train", "--out", str(out), "--resume", "--data", str(other), "--max-steps", "8"], capsys,
+                 "'meh', 'mixed'", "does not know")
+
+
+def test_the_loss_logged_after_a_resume_is_the_uninterrupted_one(files, tmp_path, monkeypatch) -> None:
+    flags = ["--max-steps", "12", "--save-every", "3", "--log-every", "5", "--dev-fraction", "0", "--head-dropout", "0",
+             "--prefix-dropout", "0"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert cli.main(_train(files, straight, *flags)) == 0
+    from softprompt.train import Trainer
+
+    real = Trainer.step
+
+    def step(self, rows):
+        if self.state["step"] == 7:
+            raise KeyboardInterrupt  # Ctrl-C after the checkpoint of step 6, inside a logging window
+        return real(self, rows)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    assert cli.main(_train(files, stopped, *flags)) == 130
+    monkeypatch.undo()
+    assert cli.main(_train(files, stopped, *flags, "--resume")) == 0
+
+    def losses(run: Path) -> list[tuple[int, float]]:
+        events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
+
+    assert [s for s, _ in losses(straight)] == [5, 10, 12]
+    assert losses(stopped) == losses(straight)
+
+
+# -- signals and damaged files -------------------------------------------------------------------------
+def test_ctrl_c_names_the_checkpoint_and_exits_130(files, tmp_path) -> None:
+    out = tmp_path / "r"
+    argv = _train(files, out, "--epochs", "400", "--min-steps", "1", "--save-every", "5", "--dev-fraction", "0")
+    process = subprocess.Popen([sys.executable, "-m", "softprompt.cli", *argv], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint/trainer_state.json").exists():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read() if process.stderr else ""
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"softprompt: interrupted; the last checkpoint is {out / 'checkpoint'} (step ")
+    assert last.endswith("add --resume to continue")
+
+
+@pytest.fixture(scope="module")
+def trained(files: dict[str, Path]) -> Path:
+    out = files["root"] / "trained"
+    assert cli.main(_train(files, out, "--max-steps", "4", "--dev", str(files["dev"]))) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda run: (run / "best/prompts.safetensors").write_bytes(b""), "best/prompts.safetensors is damaged"),
+    (lambda run: (run / "best/prompts.safetensors").write_bytes((run / "best/prompts.safetensors").read_bytes()[:300]),
+     "best/prompts.safetensors is damaged"),
+    (lambda run: (run / "best/softprompt.json").write_text('{"format_version": 1, "base_model": [], "tasks": {}}'),
+     "'base_model' is a list"),
+    (lambda run: (run / "best/softprompt.json").write_text('{"format_version": 1, "base_model": {}}'), "'tasks' is missing"),
+    (lambda run: (run / "best/softprompt.json").write_text("{"), "best/softprompt.json is damaged (not valid JSON"),
+    (lambda run: (run / "best/softprompt.json").write_text(
+        json.dumps(json.loads((run / "best/softprompt.json").read_text()) | {"tasks": {"default": {"method": "p-tuning-v2",
+                                                                                                  "layers": "all"}}})),
+     "best/softprompt.json is damaged"),
+    (lambda run: (run / "config.yaml").write_text("method: [p-tuning-v2\n"), "config.yaml is damaged (not valid YAML"),
+    (lambda run: (run / "config.yaml").write_text("- a list\n"), "config.yaml is damaged"),
+    (lambda run: (run / "config.yaml").write_text("method: p-tuning-v2\n"), "'model' is missing"),
+], ids=["empty-tensors", "truncated-tensors", "meta-wrong-type", "meta-missing-key", "meta-not-json", "meta-bad-config",
+        "config-not-yaml", "config-a-list", "config-missing-key"])
+def test_damaged_files_are_one_line_errors(trained, tmp_path, files, capsys, damage, expected) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    damage(run)
+    assert_fails(["eval", "--prompt", str(run), "--data", str(files["dev"])], capsys, expected)
+    assert_fails(["inspect", str(run)], capsys, expected)
+
+
+def test_a_best_prompt_of_another_run_is_called_damage(trained, tmp_path, capsys) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    values = yaml.safe_load((run / "config.yaml").read_text()) | {"method": "prompt-tuning"}
+    (run / "config.yaml").write_text(yaml.safe_dump(values))
+    assert_fails(["inspect", str(run)], capsys, "holds a p-tuning-v2 prompt but the run's config.yaml says prompt-tuning")
+
+
+# -- options and limits ----------------------------------------------------------------------------
+@pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--batch-size", "-4"), ("--max-steps", "-1"),
+                                         ("--max-steps", "0"), ("--epochs", "0"), ("--epochs", "-2"),
+                                         ("--eval-every", "0"), ("--log-every", "0"), ("--grad-accum", "0"),
+                                         ("--lr", "0"), ("--num-virtual-tokens", "0")])
+def test_numbers_out_of_range_are_refused_before_any_model_loads(flag, value, tmp_path, files, capsys) -> None:
+    # The model does not exist: the number must be refused first.
+    assert_fails(["train", "--model", "no-such-model", "--data", str(files["train"]), "--out", str(tmp_path / "r"),
+                  flag, value], capsys, f"{flag} {value}")
+
+
+def test_inputs_longer_than_the_positions_are_capped_with_a_notice(files, tmp_path, capsys) -> None:
+    long = tmp_path / "long.jsonl"
+    words = ["good", "bad"] * 100  # 200 tokens; GPT-2 and BERT here have 128 positions
+    long.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]), "label": ["neg", "pos"][i % 2]}) + "\n"
+                            for i in range(16)))
+    for model, method in ((files["gpt2"], "prompt-tuning"), (files["gpt2"], "p-tuning-v2"), (files["bert"], "p-tuning-v2")):
+        out = tmp_path / f"{model.name}-{method}"
+        assert cli.main(["train", "--model", str(model), "--method", method, "--data", str(long), "--out", str(out),
+                         "--num-virtual-tokens", "4", "--max-length", "512", "--max-steps", "2", "--dev-fraction", "0"]) == 0
+        err = capsys.readouterr().err
+        assert "--max-length 512 does not fit the model's positions with the prompt; inputs are capped at 124 tokens" in err
+        assert "16 of 16 training rows are longer than 124 tokens (--max-length) and are cut to fit" in err
+        assert cli.main(["eval", "--prompt", str(out), "--data", str(long)]) == 0
+        assert "16 of 16 input rows are longer than 124 tokens" in capsys.readouterr().err
+
+
+def test_a_header_read_as_data_is_caught(files, tmp_path, capsys) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("text,label\nthe movie was good,pos\nthe movie was bad,neg\n")
+    assert_fails(["train", "--model", str(files["bert"]), "--data", str(table), "--columns", "text,label",
+                  "--out", str(tmp_path / "r")], capsys, "is a header", "drop --columns")
+
+
+def test_single_class_data_is_refused(files, tmp_path, capsys) -> None:
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps({"text": "the movie was good", "label": "pos"}) + "\n" for _ in range(8)))
+    assert_fails(["train", "--model", str(files["bert"]), "--data", str(one), "--out", str(tmp_path / "r")], capsys,
+                 "every row has the label 'pos'", "at least two classes")
+
+
+# -- defaults that learn -----------------------------------------------------------------------------
+def test_without_dev_a_stratified_part_is_held_out_and_the_verdict_is_printed(files, tmp_path, capsys) -> None:
+    out = tmp_path / "r"
+    assert cli.main(_train(files, out, "--max-steps", "6", "--eval-every", "3")) == 0
+    captured = capsys.readouterr()
+    assert "no --dev file: 12 of the 64 training rows (19 %, stratified by label) are held out" in captured.err
+    summary = json.loads(captured.out)
+    assert summary["dev_examples"] == 12 and summary["train_examples"] == 52
+    assert {"dev_accuracy", "dev_macro_f1", "majority_accuracy", "majority_macro_f1"} <= set(summary)
+    assert "best prompt (step" in captured.err and "always answering" in captured.err
+
+
+def test_a_collapsed_prompt_is_called_out(files, tmp_path, capsys) -> None:
+    # One step at a tiny rate cannot move the fresh head off one class.
+    out = tmp_path / "r"
+    assert cli.main(_train(files, out, "--max-steps", "1", "--lr", "1e-6", "--dev", str(files["dev"]))) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert len(summary["dev_predictions"]) == 1
+    assert "softprompt: warning: the best prompt predicts one class" in captured.err
