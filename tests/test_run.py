@@ -265,3 +265,24 @@ def test_a_collapsed_prompt_is_called_out(files, tmp_path, capsys) -> None:
     summary = json.loads(captured.out)
     assert len(summary["dev_predictions"]) == 1
     assert "softprompt: warning: the best prompt predicts one class" in captured.err
+
+
+def test_a_live_training_is_left_alone(files, tmp_path, capsys) -> None:
+    out = tmp_path / "r"
+    assert cli.main(_train(files, out, "--max-steps", "4", "--dev", str(files["dev"]))) == 0
+    assert not (out / ".training.pid").exists()  # released at the end
+    # While a training writes the folder (its process id in .training.pid), readers leave its staging
+    # folders alone and a second training is refused.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".training.pid").write_text(str(sleeper.pid))
+        (out / ".best.new").mkdir()
+        assert cli.main(["inspect", str(out)]) == 0
+        assert (out / ".best.new").is_dir()
+        assert_fails(_train(files, out, "--resume", "--max-steps", "6"), capsys, f"another softprompt train (process {sleeper.pid})")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # Once that process is gone, the next command cleans up after it.
+    assert cli.main(["inspect", str(out)]) == 0
+    assert not (out / ".best.new").exists()

@@ -127,3 +127,56 @@ def test_two_processes_match_one_with_the_same_global_batch(files: dict[str, Pat
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+# -- defaults --------------------------------------------------------------------------------------
+def test_the_held_out_dev_rows_keep_the_class_shares() -> None:
+    from softprompt.data import Example
+    from softprompt.train import hold_out
+
+    examples = [Example(text=f"row {i}", label=label) for i, label in enumerate(["5"] * 384 + ["1"] * 162 + ["3"] * 54)]
+    train_rows, dev_rows = hold_out(examples, "classification", None, seed=0)
+    counts = {label: sum(ex.label == label for ex in dev_rows) for label in ("5", "1", "3")}
+    assert len(dev_rows) == 100 and len(train_rows) == 500  # a tenth, but at least 100 rows
+    assert counts == {"5": 64, "1": 27, "3": 9}
+    assert not {id(ex) for ex in dev_rows} & {id(ex) for ex in train_rows}
+    assert hold_out(examples, "classification", None, seed=0)[1] == dev_rows  # fixed by the seed
+    # A class too rare to share keeps its row for training; a fraction may be asked for.
+    few = [Example(text=str(i), label="a") for i in range(9)] + [Example(text="z", label="b")]
+    assert all(ex.label == "a" for ex in hold_out(few, "classification", 0.2, seed=0)[1])
+    assert len(hold_out(examples, "classification", 0.5, seed=0)[1]) == 300
+
+
+def test_the_default_length_of_a_run() -> None:
+    from softprompt.train import _resolve_defaults, _total_steps
+
+    def steps(per_epoch: int, **given) -> int:
+        return _total_steps(_resolve_defaults(TrainArgs(**given)), per_epoch)
+
+    assert steps(34) == 300  # 5 epochs of 34 batches: raised to the step floor
+    assert steps(100) == 500  # 5 epochs
+    assert steps(4000) == 1000  # a large data set: the ceiling (early stopping may end it sooner)
+    assert steps(34, epochs=2) == 68  # --epochs is taken at its word
+    assert steps(34, epochs=2, min_steps=100) == 100
+    assert steps(34, max_steps=7) == 7
+    for method in ("prompt-tuning", "p-tuning", "prefix-tuning", "p-tuning-v2"):
+        assert _resolve_defaults(TrainArgs(method=method)).lr >= 1e-3  # prompts train far faster than fine-tuning
+
+
+def test_balanced_class_weights_weigh_the_loss(files: dict[str, Path]) -> None:
+    import torch.nn.functional as F
+
+    from softprompt.data import Example
+    from softprompt.train import Trainer, _class_weights
+
+    rows = [Example(text="the movie was good", label="pos")] * 6 + [Example(text="the movie was bad", label="neg")] * 2
+    weights = _class_weights(TrainArgs(class_weight="balanced"), rows, ["neg", "pos"])
+    torch.testing.assert_close(weights, torch.tensor([8 / (2 * 2), 8 / (2 * 6)]))  # n / (classes * n_class)
+    assert _class_weights(TrainArgs(), rows, ["neg", "pos"]) is None
+    trainer = Trainer.setup(_args(files, "weighted", class_weight="balanced", head_dropout=0.0, prefix_dropout=0.0),
+                            rows, rows)
+    batch = trainer.collator(rows)
+    logits = trainer.pm(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    expected = F.cross_entropy(logits, batch["labels"], weight=trainer.class_weights)
+    torch.testing.assert_close(trainer.loss(dict(batch)), expected)
+    assert not torch.allclose(expected, F.cross_entropy(logits, batch["labels"]))

