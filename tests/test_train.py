@@ -148,10 +148,10 @@ def test_the_held_out_dev_rows_keep_the_class_shares() -> None:
 
 
 def test_the_default_length_of_a_run() -> None:
-    from softprompt.train import _resolve_defaults, _total_steps
+    from softprompt._train_args import resolve_defaults, total_steps
 
     def steps(per_epoch: int, **given) -> int:
-        return _total_steps(_resolve_defaults(TrainArgs(**given)), per_epoch)
+        return total_steps(resolve_defaults(TrainArgs(**given)), per_epoch)
 
     assert steps(34) == 300  # 5 epochs of 34 batches: raised to the step floor
     assert steps(100) == 500  # 5 epochs
@@ -160,7 +160,7 @@ def test_the_default_length_of_a_run() -> None:
     assert steps(34, epochs=2, min_steps=100) == 100
     assert steps(34, max_steps=7) == 7
     for method in ("prompt-tuning", "p-tuning", "prefix-tuning", "p-tuning-v2"):
-        assert _resolve_defaults(TrainArgs(method=method)).lr >= 1e-3  # prompts train far faster than fine-tuning
+        assert resolve_defaults(TrainArgs(method=method)).lr >= 1e-3  # prompts train far faster than fine-tuning
 
 
 def test_balanced_class_weights_weigh_the_loss(files: dict[str, Path]) -> None:
