@@ -286,3 +286,16 @@ def test_a_live_training_is_left_alone(files, tmp_path, capsys) -> None:
     # Once that process is gone, the next command cleans up after it.
     assert cli.main(["inspect", str(out)]) == 0
     assert not (out / ".best.new").exists()
+
+
+def test_the_installed_command_exits_2_with_one_line(files, trained, tmp_path) -> None:
+    # The same checks as above, through the process boundary: exit status and stderr as a shell sees them.
+    done = _subprocess("train", "--model", "no-such-model", "--data", str(files["train"]), "--out", str(tmp_path / "r"),
+                       "--batch-size", "0")
+    assert done.returncode == 2 and done.stderr.strip() == "softprompt: error: --batch-size 0: give a whole number of at least 1"
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    (run / "best/prompts.safetensors").write_bytes(b"")
+    done = _subprocess("inspect", str(run))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "is damaged" in done.stderr
+    assert done.stdout == ""
