@@ -12,6 +12,7 @@ exit code 130 and names the checkpoint to resume from; anything else is a bug an
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import re
@@ -265,9 +266,8 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         raise TrainError(f"--config {path}: unknown key {unknown[0]!r}; keys are the train flags, see softprompt train --help")
     try:
         parsed = parser.parse_object(values, defaults=False)
-    except Exception as exc:  # jsonargparse reports a bad value as a several-line ArgumentError
-        first = " ".join(str(exc).split())
-        raise TrainError(f"--config {path}: {first}") from None
+    except argparse.ArgumentError as exc:
+        raise TrainError(f"--config {path}: {_parse_error(exc)}") from None
     return {k: v for k, v in vars(parsed).items() if k in known}
 
 
@@ -284,9 +284,7 @@ def _train_args(namespace: Namespace, argv: list[str]) -> TrainArgs:
     return TrainArgs(**{k: v for k, v in vars(namespace).items() if k in names} | chosen)
 
 
-def _interrupted(argv: list[str]) -> str:
-    out = next((argv[i + 1] for i, t in enumerate(argv[:-1]) if t == "--out"), None)
-    out = out or next((t.split("=", 1)[1] for t in argv if t.startswith("--out=")), None)
+def _interrupted(out: str | None) -> str:
     if out and _run.checkpoint_dir(Path(out)) is not None:
         step = _run.trainer_state(Path(out) / _run.CHECKPOINT)["step"]
         return f"interrupted; the last checkpoint is {Path(out) / _run.CHECKPOINT} (step {step}): add --resume to continue"
@@ -311,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         namespace = parser.parse_args(argv)
-    except Exception as exc:  # a flag that does not parse: the reason, and where the help is; exit 2
+    except argparse.ArgumentError as exc:  # a flag that does not parse: the reason, and where the help is; exit 2
         command = next((a for a in argv if a in COMMANDS), None)
         print(f"softprompt{' ' + command if command else ''}: error: {_parse_error(exc)} "
               f"(see softprompt {command + ' ' if command else ''}--help)", file=sys.stderr)
@@ -321,9 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars would bury the one-line messages
+    options: TrainArgs | None = None
     try:
         if name == "train":
-            train(_train_args(values, argv[argv.index("train") + 1 :]))
+            options = _train_args(values, argv[argv.index("train") + 1 :])
+            train(options)
         else:
             kwargs = {k: v for k, v in vars(values).items() if k != "__path__"}
             COMMANDS[name](**kwargs)
@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"softprompt: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"\nsoftprompt: {_interrupted(argv) if name == 'train' else 'interrupted'}", file=sys.stderr)
+        print(f"\nsoftprompt: {_interrupted(options.out if options else None) if name == 'train' else 'interrupted'}",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
