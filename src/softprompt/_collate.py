@@ -64,7 +64,7 @@ class Collator:
         if task.deep_prompt is not None and base.family.position_offset is not None:
             used += task.deep_prompt.num_tokens  # real tokens are numbered after the prefix
         if task.input_prompt is not None and task.input_prompt.placement != "slots":
-            used += task.input_prompt().shape[0]  # soft tokens join the sequence (template slots are in the ids)
+            used += task.config.num_virtual_tokens or 0  # soft tokens join the sequence (template slots are in the ids)
         return positions - used
 
     def fit_positions(self) -> str | None:
