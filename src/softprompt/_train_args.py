@@ -45,25 +45,28 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def method_options() -> dict[str, tuple[Any, str]]:
     """Every option of the four method configs: name -> (type accepting None, help naming each method's default)."""
-    options: dict[str, tuple[Any, str]] = {}
+    hints: dict[str, Any] = {}
+    docs: dict[str, dict[str, list[str]]] = {}  # option -> its doc -> the methods that document it so
     defaults: dict[str, list[str]] = {}
     for method, cls in CONFIGS.items():
-        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        types, texts = typing.get_type_hints(cls), field_docs(cls)
         for f in dataclasses.fields(cls):
             if f.name in _FROM_DATA:
                 continue
-            if f.name not in options:
-                options[f.name] = (_CLI_TYPES.get(f.name, hints[f.name] | None), docs.get(f.name, ""))
+            hints.setdefault(f.name, _CLI_TYPES.get(f.name, types[f.name] | None))
+            docs.setdefault(f.name, {}).setdefault(texts.get(f.name, ""), []).append(method)
             if f.default is not dataclasses.MISSING and f.default is not None:
                 defaults.setdefault(f.name, []).append(f"{method} {f.default}")
-            else:
-                defaults.setdefault(f.name, [])
-    methods = {name: [m for m, cls in CONFIGS.items() if name in {f.name for f in dataclasses.fields(cls)}] for name in options}
     out = {}
-    for name, (hint, doc) in options.items():
-        where = "" if len(methods[name]) == len(CONFIGS) else f" Methods: {', '.join(methods[name])}."
-        shown = f" Default: {'; '.join(defaults[name])}." if defaults[name] else ""
-        out[name] = (hint, f"{doc}{where}{shown}")
+    for name, hint in hints.items():
+        texts = docs[name]
+        used = [m for methods in texts.values() for m in methods]
+        if len(texts) == 1:
+            doc = next(iter(texts)) + ("" if len(used) == len(CONFIGS) else f" Methods: {', '.join(used)}.")
+        else:
+            doc = " ".join(f"{', '.join(methods)}: {text}" for text, methods in texts.items() if text)
+        shown = f" Default: {'; '.join(defaults[name])}." if defaults.get(name) else ""
+        out[name] = (hint, doc + shown)
     return out
 
 
