@@ -23,6 +23,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 from ._attention import ATTENTION, attention_of, set_attention, slot_of
 from ._inputs import Assembled, assemble
 from ._task import Base, Task
+from .card import Format, RunInfo
 from .config import TaskConfig
 from .methods import METHODS
 from .methods.p_tuning import render
@@ -72,11 +73,14 @@ class PromptModel(nn.Module):
 
         save(self, directory)
 
-    def export(self, directory) -> None:
-        """Write inference-only prompts, reparameterizations folded into plain tables."""
+    def export(self, directory, format: Format = "softprompt", run: RunInfo | None = None) -> None:
+        """Write inference-only prompts, reparameterizations folded into plain tables (and a model card).
+
+        ``format="peft"`` writes a PEFT prompt adapter; ``run`` adds the run's data and metrics to the card.
+        """
         from .checkpoint import export
 
-        export(self, directory)
+        export(self, directory, format=format, run=run)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.tasks.parameters() if p.requires_grad]
