@@ -266,10 +266,10 @@ def adapter_of(pm: PromptModel) -> tuple[dict[str, Any], torch.Tensor]:
         "auto_mapping": None,
         "num_virtual_tokens": task.config.num_virtual_tokens,
     }
-    config = model.config.get_text_config()
-    heads = getattr(config, "num_attention_heads", None)
+    text_config = model.config.get_text_config()
     if task.input_prompt is not None:
-        common.update(token_dim=hidden, num_layers=config.num_hidden_layers, num_attention_heads=heads,
+        common.update(token_dim=hidden, num_layers=text_config.num_hidden_layers,
+                      num_attention_heads=getattr(text_config, "num_attention_heads", None),
                       num_transformer_submodules=1)  # one submodule: PEFT's encoder-decoders use only the first P rows
         if task.config.method == "prompt-tuning":
             extra = {"peft_type": "PROMPT_TUNING", "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
