@@ -211,6 +211,21 @@ def test_export_loads_in_peft_with_equal_outputs(family, method, tmp_path):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("auto", [T.AutoModelForSequenceClassification, T.AutoModelForTokenClassification],
+                         ids=["sequence-classification", "token-classification"])
+@pytest.mark.parametrize("method", ["prompt-tuning", "p-tuning-v2"])
+def test_export_from_a_classifier_model_runs_it_unchanged_in_peft(auto, method, tmp_path):
+    """PEFT's SEQ_CLS and TOKEN_CLS adapters must carry a trained classifier; the model's own frozen one is
+    used through FEATURE_EXTRACTION instead, which calls the model as softprompt does."""
+    pm = perturbed(softprompt.attach(build("bert", auto, num_labels=2), export_config(method, "bert")))
+    pm.export(tmp_path / "adapter", format="peft")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["task_type"] == "FEATURE_EXTRACTION"
+    reference = peft.PeftModel.from_pretrained(build("bert", auto, num_labels=2), tmp_path / "adapter").eval()
+    batch = pad([[1, *row] for row in ROWS], left=False)
+    strip = P if method == "prompt-tuning" and auto is T.AutoModelForTokenClassification else 0
+    torch.testing.assert_close(outputs(reference, batch, strip=strip), outputs(pm, batch), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["prefix-tuning", "p-tuning-v2"])
 def test_export_of_a_decoder_prefix_on_t5_loads_in_peft(method, tmp_path):
     """PEFT holds a T5 decoder self-attention prefix and runs it with relative position bias on the
