@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .card import Format, RunInfo, model_card
 from .config import config_from_dict
 from .model import PromptModel
 from .models import fingerprint
@@ -28,6 +29,7 @@ from .models import fingerprint
 FORMAT_VERSION = 1
 META = "softprompt.json"
 TENSORS = "prompts.safetensors"
+CARD = "README.md"  # the model card of an export; loading ignores it
 
 
 class CheckpointError(ValueError):
@@ -49,13 +51,15 @@ def replace_folder(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
-def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tensor], card: str | None = None) -> None:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / TENSORS)
         (staging / META).write_text(json.dumps(meta, indent=2) + "\n")
+        if card is not None:
+            (staging / CARD).write_text(card)
         replace_folder(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -79,8 +83,17 @@ def save(pm: PromptModel, directory: str | Path) -> None:
 
 
 @torch.no_grad()
-def export(pm: PromptModel, directory: str | Path) -> None:
-    """Inference-only prompts: every reparameterization folded into a plain table."""
+def export(pm: PromptModel, directory: str | Path, format: Format = "softprompt", run: RunInfo | None = None) -> None:
+    """Inference-only prompts: every reparameterization folded into a plain table, with a model card.
+
+    ``format="peft"`` writes a PEFT prompt adapter instead (see :mod:`softprompt.peft_format`).
+    """
+    if format == "peft":
+        from .peft_format import export as export_peft
+
+        return export_peft(pm, directory, run=run)
+    if format != "softprompt":
+        raise ValueError(f"format={format!r}; use 'softprompt' or 'peft'")
     was_training = pm.training
     pm.eval()
     tensors: dict[str, torch.Tensor] = {}
@@ -98,7 +111,10 @@ def export(pm: PromptModel, directory: str | Path) -> None:
                     tensors[f"{name}.{key}"] = value
     finally:
         pm.train(was_training)
-    _write_atomically(Path(directory), _meta(pm, configs, True, tensors), tensors)
+    meta = _meta(pm, configs, True, tensors)
+    card = model_card(base_model=getattr(pm.base_model, "name_or_path", None) or None, tasks=meta["tasks"],
+                      num_parameters=meta["num_parameters"], run=run)
+    _write_atomically(Path(directory), meta, tensors, card)
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -123,8 +139,13 @@ def check_base(meta: dict, model: nn.Module, directory: Path) -> None:
 
 
 def load(model: nn.Module, directory: str | Path, tokenizer=None) -> PromptModel:
-    """A PromptModel with the saved (or exported) tasks on `model`."""
+    """A PromptModel with the saved (or exported) tasks on `model`; a PEFT prompt adapter folder loads as one exported task."""
     directory = Path(directory)
+    if not (directory / META).is_file():
+        from .peft_format import is_peft_folder, load as load_peft
+
+        if is_peft_folder(directory):
+            return load_peft(model, directory, tokenizer=tokenizer)
     meta = read_meta(directory)
     check_base(meta, model, directory)
     configs = {name: config_from_dict(data) for name, data in meta["tasks"].items()}

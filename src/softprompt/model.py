@@ -29,6 +29,7 @@ from ._attention import _ALWAYS_VISIBLE, KWARG, Prefix, Prompts, install, scope,
 from ._inputs import assemble
 from ._parts import Entered
 from ._task import Base, Task
+from .card import Format, RunInfo
 from .config import TaskConfig
 from .methods import METHODS
 
@@ -81,11 +82,14 @@ class PromptModel(nn.Module):
 
         save(self, directory)
 
-    def export(self, directory) -> None:
-        """Write inference-only prompts, reparameterizations folded into plain tables."""
+    def export(self, directory, format: Format = "softprompt", run: RunInfo | None = None) -> None:
+        """Write inference-only prompts, reparameterizations folded into plain tables (and a model card).
+
+        ``format="peft"`` writes a PEFT prompt adapter; ``run`` adds the run's data and metrics to the card.
+        """
         from .checkpoint import export
 
-        export(self, directory)
+        export(self, directory, format=format, run=run)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.tasks.parameters() if p.requires_grad]
