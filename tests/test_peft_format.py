@@ -27,22 +27,6 @@ TASK_TYPE = {"gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "b
 SEQ2SEQ = {"t5", "bart"}
 
 
-def _p_tuning_without_template() -> bool:
-    try:
-        softprompt.PTuningConfig(num_virtual_tokens=P, encoder="mlp")
-    except ValueError:
-        return False
-    return True
-
-
-# P-Tuning as PEFT has it (soft tokens before plain input_ids, no template) comes with the core's
-# PTuningConfig(num_virtual_tokens=N); until then these cells are expected to fail.
-NEEDS_P_TUNING_WITHOUT_TEMPLATE = pytest.mark.xfail(
-    not _p_tuning_without_template(), strict=True, raises=ValueError,
-    reason="PTuningConfig(num_virtual_tokens=N) without a template is not available yet",
-)
-
-
 def inputs(family: str, rows=ROWS, left: bool = False) -> dict[str, torch.Tensor]:
     batch = pad(rows, left=left)
     if family in SEQ2SEQ:
@@ -96,9 +80,8 @@ IMPORTS = [("PROMPT_TUNING", True), ("P_TUNING", True), ("PREFIX_TUNING", True),
 
 
 def import_cell(family: str, peft_type: str, projection: bool):
-    marks = [NEEDS_P_TUNING_WITHOUT_TEMPLATE] if peft_type == "P_TUNING" else []
     name = peft_type.lower() + ("" if projection or peft_type != "PREFIX_TUNING" else "-no-projection")
-    return pytest.param(family, peft_type, projection, marks=marks, id=f"{family}-{name}")
+    return pytest.param(family, peft_type, projection, id=f"{family}-{name}")
 
 
 # -- PEFT -> softprompt --------------------------------------------------------------------------
@@ -186,8 +169,7 @@ def export_config(method: str, family: str):
 
 
 def export_cell(family: str, method: str):
-    marks = [NEEDS_P_TUNING_WITHOUT_TEMPLATE] if method == "p-tuning" else []
-    return pytest.param(family, method, marks=marks, id=f"{family}-{method}")
+    return pytest.param(family, method, id=f"{family}-{method}")
 
 
 EXPORTS = ["prompt-tuning", "p-tuning", "prefix-tuning", "p-tuning-v2"]

@@ -40,6 +40,9 @@ _DISABLED: ContextVar[frozenset[int]] = ContextVar("softprompt_disabled", defaul
 
 
 class PromptModel(nn.Module):
+    accepts_loss_kwargs = False
+    """transformers.Trainer: the losses are means over the batch; Trainer divides by accumulation steps itself."""
+
     def __init__(self, model: nn.Module, config: TaskConfig | None, tokenizer=None, task: str = DEFAULT_TASK) -> None:
         super().__init__()
         self.base_model = model
@@ -52,6 +55,9 @@ class PromptModel(nn.Module):
         """At inference, let soft tokens that open a causal decoder's input enter as a reused key/value prefix."""
         self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
         self._attached = True
+        # A PromptModel's own state is its tasks: the frozen base model is not saved or loaded with it.
+        self._register_state_dict_hook(_drop_base_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_base_keys)
         if config is not None:
             self.add_task(task, config)
         self.train(model.training)
@@ -117,13 +123,19 @@ class PromptModel(nn.Module):
             self._attached = False
         return self.base_model
 
-    def gradient_checkpointing_enable(self) -> None:
-        # Non-reentrant: the recomputed layers get the same call keywords, the prefixes among them.
-        kwargs = {"use_reentrant": False}
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **options) -> None:
+        """Recompute the base model's layers in the backward pass (the same signature as transformers' models).
+
+        Always non-reentrant: the recomputed layers get the same call keywords, the prefixes among them.
+        """
+        kwargs = {**(activation_checkpointing_kwargs or {}), "use_reentrant": False}
         if hasattr(self.base_model, "activation_checkpointing_enable"):  # transformers >= 5.23
-            self.base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            self.base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **options)
         else:
-            self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **options)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
 
     def _row_tasks(self, task: str | list[str] | None, batch: int) -> list[str]:
         if not self._attached:
@@ -364,6 +376,15 @@ class PromptModel(nn.Module):
             output.sequences = full
             return output
         return full
+
+
+def _drop_base_keys(module: PromptModel, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "base_model.")]:
+        del state_dict[key]
+
+
+def _ignore_missing_base_keys(module: PromptModel, incompatible) -> None:
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith("base_model.")]
 
 
 def _rows_start_with(input_ids, mask, names: list[str], name: str, lead: tuple[int, ...]) -> bool:

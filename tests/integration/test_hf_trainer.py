@@ -29,25 +29,6 @@ import softprompt
 from softprompt.model import PromptModel
 
 
-def _state_dict_holds_the_base() -> bool:
-    pm = softprompt.attach(build("gpt2"), softprompt.PromptTuningConfig(num_virtual_tokens=2))
-    return any(key.startswith("base_model.") for key in pm.state_dict())
-
-
-# These cells wait for PromptModel's Trainer support (a tasks-only state dict, accepts_loss_kwargs,
-# activation_checkpointing_enable); each mark turns into a failure once the feature is there.
-NEEDS_PROMPT_STATE_DICT = pytest.mark.xfail(
-    _state_dict_holds_the_base(), strict=True, reason="PromptModel.state_dict() still holds the frozen base model"
-)
-NEEDS_ACTIVATION_CHECKPOINTING = pytest.mark.xfail(
-    not hasattr(PromptModel, "activation_checkpointing_enable"), strict=True,
-    reason="PromptModel has no activation_checkpointing_enable(activation_checkpointing_kwargs=...)",
-)
-NEEDS_LOSS_KWARGS_DECLARED = pytest.mark.xfail(
-    getattr(PromptModel, "accepts_loss_kwargs", None) is None, strict=True,
-    reason="PromptModel does not declare accepts_loss_kwargs; Trainer infers True from forward(**kwargs)",
-)
-
 STEPS = 8
 
 
@@ -98,7 +79,6 @@ def task_weights(pm: PromptModel) -> dict[str, torch.Tensor]:
     return {f"tasks.{k}": v.detach().clone() for k, v in pm.tasks.state_dict().items()}
 
 
-@NEEDS_PROMPT_STATE_DICT
 @pytest.mark.parametrize("case", list(CASES))
 def test_trainer_trains_and_saves_only_the_prompt(case, tmp_path):
     pm = prompt_model(case)
@@ -120,7 +100,6 @@ def trainer_history(out: Path) -> list[dict]:
     return json.loads((out / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())["log_history"]
 
 
-@NEEDS_PROMPT_STATE_DICT
 @pytest.mark.parametrize("case", list(CASES))
 def test_resume_from_checkpoint_continues_exactly(case, tmp_path):
     pm = prompt_model(case)
@@ -132,7 +111,6 @@ def test_resume_from_checkpoint_continues_exactly(case, tmp_path):
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-6)
 
 
-@NEEDS_PROMPT_STATE_DICT
 def test_load_best_model_at_end_restores_the_best_checkpoint(tmp_path):
     pm = prompt_model("gpt2-prefix-tuning")
     # "Best" is the highest eval loss here, so that the best checkpoint is not the last one.
@@ -151,13 +129,7 @@ def test_load_best_model_at_end_restores_the_best_checkpoint(tmp_path):
     assert any(not torch.equal(best[k], last[k]) for k in best)
 
 
-def loss_cell(case: str):
-    """PromptModel's head loss is a mean that ignores num_items_in_batch, which Trainer then leaves unscaled."""
-    marks = [NEEDS_LOSS_KWARGS_DECLARED] if case.startswith("bert") else []
-    return pytest.param(case, marks=marks, id=case)
-
-
-@pytest.mark.parametrize("case", [loss_cell(c) for c in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_gradient_accumulation_gives_the_full_batch_step(case, tmp_path):
     """Plain SGD without clipping follows the loss scale: two accumulated half batches must equal one full batch."""
     once = dict(optim="sgd", learning_rate=0.5, max_grad_norm=0.0, max_steps=4, save_strategy="no", eval_strategy="no")
@@ -171,7 +143,6 @@ def test_gradient_accumulation_gives_the_full_batch_step(case, tmp_path):
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5)
 
 
-@NEEDS_LOSS_KWARGS_DECLARED
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_loss_trainer_logs_is_the_models_loss(case, tmp_path):
     """On a batch of one repeated row the first logged loss is PromptModel's own loss before any step."""
@@ -188,8 +159,6 @@ def test_the_loss_trainer_logs_is_the_models_loss(case, tmp_path):
     assert logged == pytest.approx(expected, rel=1e-4)
 
 
-@NEEDS_PROMPT_STATE_DICT
-@NEEDS_ACTIVATION_CHECKPOINTING
 def test_activation_checkpointing_trains_the_same(tmp_path):
     plain = prompt_model("gpt2-prefix-tuning")
     trainer(plain, "gpt2-prefix-tuning", tmp_path / "plain", max_steps=4, save_strategy="no", eval_strategy="no").train()
