@@ -234,3 +234,30 @@ def test_training_mode_and_gradients_take_the_uncached_path():
     loss.backward()
     assert pm.tasks["default"].input_prompt._reused is None
     assert pm.tasks["default"].input_prompt.encoder.weight.grad.abs().sum() > 0
+
+
+WINDOW_CELLS = [c for c in GENERATE_CELLS if c.values[1] in ("prompt-tuning", "p-tuning-plain") and layout(c.values[0]) == "decoder"]
+
+
+@pytest.mark.parametrize(("family", "method"), WINDOW_CELLS)
+@pytest.mark.parametrize("left", [True, False], ids=["left-padded", "right-padded"])
+def test_the_lm_head_on_the_callers_positions_gives_the_full_computation(family, method, left):
+    """Soft tokens before the input: the LM head runs on the caller's positions (and the one before them) only."""
+    pm = softprompt.attach(build(family), method_config(method, 4))
+    pm.add_task("short", method_config(method, 2))
+    pm.add_task("none", method_config("prefix-tuning", 2))
+    _perturb(pm)
+    pm.train()
+    rows = make_rows(family, method, [7, 3, 5, 4], seed=3)
+    batch = pad(rows, left=left)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    names = ["default", "short", "none", "default"]
+    torch.manual_seed(0)
+    windowed = pm(**batch, labels=labels, task=names)
+    torch.manual_seed(0)
+    full = pm(**batch, labels=labels, task=names, logits_to_keep=0)  # every position through the head
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(windowed.logits[real], full.logits[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(windowed.loss, full.loss, atol=1e-6, rtol=1e-6)
+    windowed.loss.backward()
+    assert all(p.grad is not None for p in pm.tasks["default"].parameters())

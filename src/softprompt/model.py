@@ -53,7 +53,9 @@ class PromptModel(nn.Module):
         self.tasks = nn.ModuleDict()
         self.reuse_prompt_kv = True
         """At inference, let soft tokens that open a causal decoder's input enter as a reused key/value prefix."""
-        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        parameters = inspect.signature(model.forward).parameters
+        self._takes_positions = "position_ids" in parameters
+        self._keeps_logits = "logits_to_keep" in parameters and self.family.score_at == "last"
         self._attached = True
         # A PromptModel's own state is its tasks: the frozen base model is not saved or loaded with it.
         self._register_state_dict_hook(_drop_base_keys)
@@ -296,10 +298,21 @@ class PromptModel(nn.Module):
             return self._head_forward(names, inputs, assembled, labels, input_ids, attention_mask)
         follows = self.family.outputs_follow_input
         verbalized = labels is not None and labels.dim() == 1 and any(t.label_word_ids is not None for t in tasks)
-        if labels is not None and not verbalized:
+        window = self._window(assembled, input_ids, attention_mask) if "logits_to_keep" not in kwargs else None
+        if window is not None:
+            # The LM head runs on the caller's positions and the one before the first (which predicts it).
+            keep, unpredicted = window
+            inputs["logits_to_keep"] = keep  # (B, T + 1)
+            if labels is not None and not verbalized:
+                labels = torch.cat([labels.new_full((labels.shape[0], 1), -100), labels], dim=1)
+                labels[unpredicted, 1] = -100
+                inputs["labels"] = labels
+        elif labels is not None and not verbalized:
             extend = assembled is not None and follows and labels.shape == input_ids.shape
             inputs["labels"] = assembled.spread(labels, -100) if extend else labels
         outputs = self.base_model(**inputs)
+        if window is not None:
+            outputs["logits"] = outputs["logits"][:, 1:]
         if assembled is not None and follows:
             for key in ("logits", "last_hidden_state"):
                 if outputs.get(key) is not None and outputs[key].shape[1] == assembled.mask.shape[1]:
@@ -309,6 +322,25 @@ class PromptModel(nn.Module):
             if verbalized:
                 outputs["loss"] = F.cross_entropy(outputs["label_logits"], labels)
         return outputs
+
+    def _window(self, assembled, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per row, the T + 1 consecutive positions that hold the caller's tokens and the one before them.
+
+        Where soft tokens were inserted before each row's tokens on a causal LM, the LM head needs only
+        these: (keep (B, T + 1), rows whose first token nothing precedes (B,) bool). None where the
+        caller's tokens are not consecutive (soft tokens after the first or last token).
+        """
+        if assembled is None or not self._keeps_logits or not assembled.moved:
+            return None
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        length = input_ids.shape[1]
+        first = mask.long().argmax(-1)  # (B,) the first real caller position
+        start = assembled.origin.gather(1, first[:, None])[:, 0] - first - 1  # (B,)
+        steps = torch.arange(length + 1, device=start.device)
+        real = mask.bool()
+        if not bool((assembled.origin == start[:, None] + 1 + steps[None, :length])[real].all()):
+            return None
+        return (start[:, None] + steps[None]).clamp(min=0), start < 0
 
     def _score_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Where label words are scored: the [MASK] of a masked LM, else the last real token."""
