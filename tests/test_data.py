@@ -267,6 +267,15 @@ def test_table_reads_back_what_writers_quote(tmp_path, writer):
     assert len(read_examples(path, "classification", label_field="rating", limit=7)) == 7
 
 
+def test_a_field_longer_than_the_csv_module_limit(tmp_path):
+    limit = csv.field_size_limit()
+    text = "word, " * 40_000 + "end"  # 240,003 characters: past csv's default 131,072
+    path = tmp_path / "long.csv"
+    pd.DataFrame({"text": [text, "short"], "label": [1, 0]}).to_csv(path, index=False)
+    assert [e.text for e in read_examples(path, "classification")] == [text, "short"]
+    assert csv.field_size_limit() == limit  # lifted for the reading only
+
+
 def test_line_numbers_are_physical_lines_after_multiline_fields(tmp_path):
     path = write(tmp_path, "d.tsv", 'text\tlabel\r\n"two\nlines"\t1\r\n"three\n\nlines"\t0\r\nok\t\r\n')
     with pytest.raises(DataError, match=r"d\.tsv:7: field 'label' \(the label\) is empty"):
