@@ -261,3 +261,28 @@ def test_the_lm_head_on_the_callers_positions_gives_the_full_computation(family,
     torch.testing.assert_close(windowed.loss, full.loss, atol=1e-6, rtol=1e-6)
     windowed.loss.backward()
     assert all(p.grad is not None for p in pm.tasks["default"].parameters())
+
+
+@pytest.mark.parametrize(("family", "method"), [c for c in GENERATE_CELLS if layout(c.values[0]) == "decoder"])
+def test_a_decoding_loop_of_its_own_over_prepare_equals_generate(family, method):
+    """An engine that drives the base model with its own cache (as a server does) gets generate's tokens."""
+    from transformers import DynamicCache
+
+    pm = softprompt.attach(build(family), method_config(method))
+    _perturb(pm)
+    pm.eval()
+    batch = _prompted(family, method, [6, 4])
+    expected = pm.generate(**batch, max_new_tokens=4, do_sample=False)[:, -4:]
+    with torch.no_grad():
+        inputs = pm.prepare(**batch)
+        mask = inputs["attention_mask"]
+        cache = DynamicCache(config=pm.base_model.config)
+        tokens = []
+        logits = pm.base_model(**inputs, past_key_values=cache, use_cache=True).logits[:, -1]
+        for _ in range(4):
+            token = logits.argmax(-1, keepdim=True)
+            tokens.append(token)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step = pm.prepare(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+            logits = pm.base_model(**step).logits[:, -1]
+    assert torch.equal(torch.cat(tokens, dim=1), expected)

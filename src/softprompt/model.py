@@ -167,18 +167,28 @@ class PromptModel(nn.Module):
         return pad if pad is not None else (getattr(self.base_model.config, "pad_token_id", None) or 0)
 
     def _enter(self, names: list[str], input_ids: torch.Tensor | None, mask: torch.Tensor | None,
-               reuse: bool) -> dict[str, Entered]:
-        """Each task's entry into this call; reused prefixes only where every row starts as they assume."""
+               reuse: bool, continuing: bool = False) -> dict[str, Entered]:
+        """Each task's entry into this call; reused prefixes only where every row starts as they assume.
+
+        A continuation keeps what the first step chose (its leading tokens are in the cache).
+        """
         entered = {name: self.tasks[name].enter(self._base, reuse) for name in dict.fromkeys(names)}
+        if continuing:
+            return entered
         stale = [n for n, e in entered.items() if e.lead and not _rows_start_with(input_ids, mask, names, n, e.lead)]
         for name in stale:
             entered[name] = self.tasks[name].enter(self._base, False)
         return entered
 
     def _prepare(self, names: list[str], input_ids, attention_mask, kwargs: dict, reuse: bool):
-        """(base model inputs, the assembly of the input sequence or None, the call's prompts or None)."""
-        entered = self._enter(names, input_ids, attention_mask, reuse)
-        edits = [entered[n].edit for n in names]
+        """(base model inputs, the assembly of the input sequence or None, the call's prompts or None).
+
+        A call that continues a cache (decoding) gets its prefixes only: its input edits are in the cache.
+        """
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        continuing = cache is not None and cache.get_seq_length() > 0
+        entered = self._enter(names, input_ids, attention_mask, reuse, continuing)
+        edits = [None if continuing else entered[n].edit for n in names]
         inputs = dict(kwargs)
         assembled = None
         if any(e is not None for e in edits):
@@ -203,6 +213,24 @@ class PromptModel(nn.Module):
         self._add_positions(inputs, mask, [entered[n].length for n in names])
         prompts = self._prompts(names, entered)
         return inputs, assembled, prompts
+
+    def prepare(self, input_ids, attention_mask=None, task=None, **kwargs) -> dict:
+        """The base model's inputs for one call, its prompts included, for code that drives the base model itself.
+
+        A decoding loop with its own cache calls ``base_model(**pm.prepare(...))`` for the first
+        step and again for each continuation (with the cache in ``past_key_values`` and the attention
+        mask over everything the cache holds). The first step's inputs may hold ``inputs_embeds``
+        and a longer ``attention_mask`` than the caller's, where soft tokens entered the input: the
+        cache then holds them, and continuations extend that mask. Prompts are reused as at
+        inference in eval mode without gradients.
+        """
+        batch = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[0]
+        names = self._row_tasks(task, batch)
+        reuse = self.reuse_prompt_kv and not self.training and not torch.is_grad_enabled()
+        inputs, _, prompts = self._prepare(names, input_ids, attention_mask, kwargs, reuse)
+        if prompts is not None:
+            inputs[KWARG] = prompts
+        return inputs
 
     def _pads_left(self, mask: torch.Tensor) -> bool:
         if bool((mask[:, 0] == 0).any()):
@@ -258,7 +286,9 @@ class PromptModel(nn.Module):
                 mask = torch.ones_like(inputs["input_ids"])
             if mask is not None:
                 shift = torch.tensor(shifts, device=mask.device)[:, None]
-                inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0) + offset + shift
+                positions = (mask.long().cumsum(-1) - 1).clamp(min=0) + offset + shift
+                tokens = inputs["input_ids"] if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
+                inputs["position_ids"] = positions[:, -tokens.shape[1] :]  # a continuation's mask covers the cache
         self._check_positions(inputs)
 
     def _check_positions(self, inputs: dict) -> None:
