@@ -28,6 +28,7 @@ class Base:
         self.layout = self.family.layout
         self.stacks = {} if self.family.prefix_unsupported else attention_stacks(model)
         self.hidden_size = model.get_input_embeddings().embedding_dim
+        self._weights = list(model.parameters())  # listed once: walking the modules per call costs ~0.5 ms
         self.loading = False  # rebuilding a saved task: skip initializers, the checkpoint fills the values
 
     # -- tokenizer-backed helpers -------------------------------------------------------------
@@ -110,7 +111,7 @@ class Base:
 
     def version(self) -> tuple[int, ...]:
         """Changes whenever a base weight is changed in place (the frozen model, edited by its owner)."""
-        return tuple(p._version for p in self.model.parameters())
+        return tuple(p._version for p in self._weights)
 
     @torch.no_grad()
     def capture(self, inputs: dict[str, torch.Tensor], module: nn.Module | None = None) -> dict[str, torch.Tensor]:
