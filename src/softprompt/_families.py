@@ -23,47 +23,73 @@ class Family:
     layout: Layout
     stacks: dict[str, str] = field(default_factory=dict)
     """Attention stack -> regex over module names; group 1 is the layer index."""
+    pad_side: Literal["left", "right"] = "right"
+    """Where batches are padded: left for decoder-only models, so every row's last token is its newest."""
+    pool: Literal["first", "last"] = "first"
+    """The token a sequence-classification head reads: [CLS] (first real) or the last real token."""
+    score_at: Literal["mask", "last"] = "mask"
+    """Where label words are scored: at [MASK] (masked LMs) or as the token after the last real one."""
     position_offset: int | None = 0
     """Added to 0-based positions computed from the mask; None when the model takes no position ids."""
+    position_limit: str | None = None
+    """Config attribute bounding learned absolute positions (None: relative or rotary positions)."""
+    reuses_prompt_kv: bool = False
+    """Causal decoder: soft tokens at the start see only each other, so their keys/values can be reused."""
+    outputs_follow_input: bool = True
+    """Sequence outputs are over the input tokens (not over a separate decoder input)."""
     prefix_unsupported: str | None = None
     """Why key/value prefixes cannot enter this family, where they cannot."""
 
 
+def decoder(stacks: dict[str, str], position_limit: str | None = None) -> Family:
+    return Family("decoder", stacks, pad_side="left", pool="last", score_at="last", position_limit=position_limit,
+                  reuses_prompt_kv=True)
+
+
+def encoder(stacks: dict[str, str], position_offset: int | None = 0, prefix_unsupported: str | None = None) -> Family:
+    return Family("encoder", stacks, position_offset=position_offset,
+                  position_limit="max_position_embeddings" if position_offset is not None else None,
+                  prefix_unsupported=prefix_unsupported)
+
+
+def encoder_decoder(stacks: dict[str, str], position_limit: str | None = None) -> Family:
+    return Family("encoder-decoder", stacks, position_offset=None, position_limit=position_limit,
+                  outputs_follow_input=False)
+
+
 _DECODER = {"decoder": r"(?:^|\.)layers\.(\d+)\.self_attn$"}
+_BERT = {"encoder": r"(?:^|\.)encoder\.layer\.(\d+)\.attention\.self$"}
 
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family("decoder", {"decoder": r"(?:^|\.)h\.(\d+)\.attn$"}),
-    "llama": Family("decoder", _DECODER),
-    "qwen2": Family("decoder", _DECODER),
-    "qwen3": Family("decoder", _DECODER),
-    "mistral": Family("decoder", _DECODER),
-    "gemma3_text": Family("decoder", _DECODER),
-    "bert": Family("encoder", {"encoder": r"(?:^|\.)encoder\.layer\.(\d+)\.attention\.self$"}),
+    "gpt2": decoder({"decoder": r"(?:^|\.)h\.(\d+)\.attn$"}, position_limit="n_positions"),
+    "llama": decoder(_DECODER),
+    "qwen2": decoder(_DECODER),
+    "qwen3": decoder(_DECODER),
+    "mistral": decoder(_DECODER),
+    "gemma3_text": decoder(_DECODER),
+    "bert": encoder(_BERT),
     # RoBERTa numbers positions from padding_idx + 1.
-    "roberta": Family("encoder", {"encoder": r"(?:^|\.)encoder\.layer\.(\d+)\.attention\.self$"}, position_offset=2),
-    "deberta-v2": Family(
-        "encoder",
+    "roberta": encoder(_BERT, position_offset=2),
+    "deberta-v2": encoder(
+        {},
         position_offset=None,
         prefix_unsupported="DeBERTa-v2's disentangled attention does not go through transformers' attention "
         "interface, so key/value prefixes cannot enter it; use prompt-tuning or p-tuning",
     ),
-    "t5": Family(
-        "encoder-decoder",
+    "t5": encoder_decoder(
         {
             "encoder": r"(?:^|\.)encoder\.block\.(\d+)\.layer\.0\.SelfAttention$",
             "decoder": r"(?:^|\.)decoder\.block\.(\d+)\.layer\.0\.SelfAttention$",
             "cross": r"(?:^|\.)decoder\.block\.(\d+)\.layer\.1\.EncDecAttention$",
         },
-        position_offset=None,
     ),
-    "bart": Family(
-        "encoder-decoder",
+    "bart": encoder_decoder(
         {
             "encoder": r"(?:^|\.)encoder\.layers\.(\d+)\.self_attn$",
             "decoder": r"(?:^|\.)decoder\.layers\.(\d+)\.self_attn$",
             "cross": r"(?:^|\.)decoder\.layers\.(\d+)\.encoder_attn$",
         },
-        position_offset=None,
+        position_limit="max_position_embeddings",
     ),
 }
 

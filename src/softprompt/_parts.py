@@ -5,13 +5,23 @@ sequence, or :class:`DeepPrompt`, keys and values in every attention layer; (2) 
 parameterized -- a plain :class:`Table`, an :class:`MLPEncoder` (Linear-Tanh-Linear, Li & Liang
 2021) or an :class:`LSTMEncoder` (embedding -> 2-layer bidirectional LSTM -> MLP, Liu et al. 2021);
 and (3) how it starts (``init``). Every encoder maps nothing to a (P, W) table, so folding the
-reparameterization away for inference is running it once and keeping the output as a Table.
+reparameterization away for inference is running it once and keeping the output as a Table. Each
+"where" part answers one question per call, :meth:`enter`: what a row of its task gets (a
+key/value prefix, an edit of its input, or both), so the model never branches on the method.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+from ._inputs import RowEdit
+
+if TYPE_CHECKING:
+    from ._task import Base
 
 
 class Table(nn.Module):
@@ -83,16 +93,60 @@ def make_encoder(kind: str, num_tokens: int, embed_dim: int, hidden: int | None,
     return MLPEncoder(num_tokens, embed_dim, hidden or embed_dim, out_dim, act="relu" if kind == "mlp-relu" else "tanh")
 
 
-class InputPrompt(nn.Module):
-    """P soft tokens for the input sequence: (P, H)."""
+@dataclass(frozen=True)
+class Entered:
+    """Where one task's prompt enters one call: what its rows get.
 
-    def __init__(self, encoder: nn.Module, placement: str) -> None:
+    A key/value prefix of `length` positions for some attention modules, an edit of each row's
+    input sequence, or both. Real tokens are numbered after the prefix, as after a cached past.
+    """
+
+    prefix: dict[int, torch.Tensor] = field(default_factory=dict)  # id(attention module) -> (2, KVH, P, D)
+    length: int = 0  # P
+    windowed: bool = False  # the prefix stands for soft tokens at positions 0..P-1 (a sliding window applies)
+    edit: RowEdit | None = None
+    lead: tuple[int, ...] = ()  # the ids each row starts with, which the reused prefix stands for
+
+
+class InputPrompt(nn.Module):
+    """P soft tokens for the input sequence: (P, H), inserted at a placement or swapped into template slots.
+
+    On a causal decoder, soft tokens at the very start see only each other, so at inference their
+    keys and values are computed once (per prompt value) and enter as a key/value prefix instead.
+    """
+
+    def __init__(self, encoder: nn.Module, placement: str, lead_slots: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.placement = placement  # prefix | after_bos | suffix | slots
+        self.lead_slots = lead_slots  # template slots before anything else (placement "slots")
+        self._reused: tuple[tuple, dict[int, torch.Tensor]] | None = None
 
     def forward(self) -> torch.Tensor:
         return self.encoder()  # (P, H)
+
+    def enter(self, base: Base, reuse: bool) -> Entered:
+        tokens = self()  # (P, H)
+        if self.placement == "slots":
+            if reuse and self.lead_slots and base.family.reuses_prompt_kv and base.stacks:
+                begin = base.begin_ids()
+                lead = tuple(begin) + tuple(-(i + 1) for i in range(self.lead_slots))
+                embeds = torch.cat([base.embed_ids(begin).to(tokens), tokens[: self.lead_slots]])
+                prefix = self._reuse(base, embeds, lead)
+                return Entered(prefix, len(lead), True, RowEdit(slots=tokens, drop=len(lead)), lead)
+            return Entered(edit=RowEdit(slots=tokens))
+        if reuse and self.placement == "prefix" and base.family.reuses_prompt_kv and base.stacks:
+            return Entered(self._reuse(base, tokens, ()), tokens.shape[0], True)
+        return Entered(edit=RowEdit(insert=tokens, at=self.placement))
+
+    def _reuse(self, base: Base, embeds: torch.Tensor, lead: tuple[int, ...]) -> dict[int, torch.Tensor]:
+        """The keys and values of the leading tokens, computed once until the prompt or the model changes."""
+        key = (lead, embeds.device, embeds.dtype, tuple((id(p), p._version) for p in self.parameters()), base.version())
+        cached = self._reused
+        if cached is None or cached[0] != key:
+            cached = (key, base.prompt_kv(embeds))
+            self._reused = cached
+        return cached[1]
 
 
 class DeepPrompt(nn.Module):
@@ -130,6 +184,13 @@ class DeepPrompt(nn.Module):
 
     def forward(self) -> dict[str, torch.Tensor]:
         return {stack: self.dropout(self.unflatten(stack, enc())) for stack, enc in self.encoders.items()}
+
+    def enter(self, base: Base, reuse: bool) -> Entered:
+        prefix = {}
+        for stack, layers in self().items():
+            modules = base.stacks[stack].modules[self.first_layer : self.first_layer + layers.shape[0]]
+            prefix.update({id(module): kv for module, kv in zip(modules, layers)})
+        return Entered(prefix, self.num_tokens)
 
 
 class Head(nn.Module):

@@ -7,12 +7,14 @@ a method picked; its parameters and buffers are the task's whole trainable state
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from ._attention import slot_of
+from ._attention import KWARG, Prompts
 from ._families import attention_stacks, family_of
-from ._parts import DeepPrompt, Head, InputPrompt
+from ._parts import DeepPrompt, Entered, Head, InputPrompt
 from .config import TaskConfig
 
 _FREQUENT = 5000  # Lester et al. sample from the 5,000 most frequent tokens
@@ -26,6 +28,7 @@ class Base:
         self.layout = self.family.layout
         self.stacks = {} if self.family.prefix_unsupported else attention_stacks(model)
         self.hidden_size = model.get_input_embeddings().embedding_dim
+        self._weights = list(model.parameters())  # listed once: walking the modules per call costs ~0.5 ms
         self.loading = False  # rebuilding a saved task: skip initializers, the checkpoint fills the values
 
     # -- tokenizer-backed helpers -------------------------------------------------------------
@@ -98,36 +101,70 @@ class Base:
             shapes[stack] = (stop - start, shape.kv_heads, shape.head_dim)
         return shapes
 
+    def begin_ids(self) -> list[int]:
+        """The special tokens the tokenizer puts before a text ([] without a tokenizer)."""
+        return self.special_tokens()[0] if self.tokenizer is not None else []
+
+    def embed_ids(self, ids: list[int]) -> torch.Tensor:
+        embeddings = self.model.get_input_embeddings()
+        return embeddings(torch.tensor(ids, dtype=torch.long, device=embeddings.weight.device))  # (n, H)
+
+    def version(self) -> tuple[int, ...]:
+        """Changes whenever a base weight is changed in place (the frozen model, edited by its owner)."""
+        return tuple(p._version for p in self._weights)
+
+    @torch.no_grad()
+    def capture(self, inputs: dict[str, torch.Tensor], module: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The keys and values each attention layer computes for `inputs`: {stack: (L, 2, KVH, T, D)} of row 0.
+
+        module: what to run (default the whole model; the backbone skips the LM head).
+        """
+        prompts = Prompts(capture=[])
+        module = module or self.model
+        was_training = module.training
+        module.eval()
+        try:
+            module(**inputs, use_cache=False, **{KWARG: prompts})
+        finally:
+            module.train(was_training)
+        seen = {id(module): (key[0], value[0]) for module, key, value in prompts.capture}
+        return {
+            stack: torch.stack([torch.stack(seen[id(m)]) for m in shape.modules])
+            for stack, shape in self.stacks.items()
+            if all(id(m) in seen for m in shape.modules)
+        }
+
+    @torch.no_grad()
+    def prompt_kv(self, embeds: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Keys and values of leading soft tokens (n, H) at positions 0..n-1: {id(attention module): (2, KVH, n, D)}."""
+        count = embeds.shape[0]
+        inputs = {"inputs_embeds": embeds[None], "attention_mask": torch.ones(1, count, dtype=torch.long, device=embeds.device)}
+        if self.family.position_offset is not None:
+            inputs["position_ids"] = torch.arange(count, device=embeds.device)[None] + self.family.position_offset
+        captured = self.capture(inputs, getattr(self.model, "base_model", self.model))
+        return {id(m): kv for stack, layers in captured.items() for m, kv in zip(self.stacks[stack].modules, layers)}
+
     @torch.no_grad()
     def word_activations(self, text: str, num_tokens: int) -> dict[str, torch.Tensor]:
         """Keys and values real words produce in each layer: {stack: (L, 2, KVH, P, D)}, cycled to P tokens."""
         if self.loading:
             return {s: torch.zeros(v.num_layers, 2, v.kv_heads, num_tokens, v.head_dim) for s, v in self.stacks.items()}
         ids = torch.tensor([self.token_ids(text)], device=self.model.get_input_embeddings().weight.device)
-        slots = {stack: [slot_of(m) for m in shape.modules] for stack, shape in self.stacks.items()}
-        for stack_slots in slots.values():
-            for slot in stack_slots:
-                slot.clear()
-                slot.captured = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            inputs = {"input_ids": ids}
-            if self.layout == "encoder-decoder":
-                inputs["decoder_input_ids"] = ids
-            self.model(**inputs, use_cache=False)
-        finally:
-            self.model.train(was_training)
-            captured = {s: [slot.captured[0] for slot in stack_slots] for s, stack_slots in slots.items()}
-            for stack_slots in slots.values():
-                for slot in stack_slots:
-                    slot.captured = None
+        inputs = {"input_ids": ids}
+        if self.layout == "encoder-decoder":
+            inputs["decoder_input_ids"] = ids
         result = {}
-        for stack, pairs in captured.items():
-            layers = torch.stack([torch.stack([k[0], v[0]]) for k, v in pairs]).float().cpu()  # (L, 2, KVH, T, D)
+        for stack, layers in self.capture(inputs).items():
+            layers = layers.float().cpu()  # (L, 2, KVH, T, D)
             repeat = -(-num_tokens // layers.shape[3])
             result[stack] = layers.repeat(1, 1, 1, repeat, 1)[:, :, :, :num_tokens]
         return result
+
+
+def render_plain(fields: dict[str, str], base: Base, max_length: int | None = None) -> list[int]:
+    """Token ids of the input fields joined by spaces, as the tokenizer makes them (special tokens included)."""
+    tokenizer = base._tokenizer("tokenizing text")
+    return tokenizer(" ".join(fields.values()), truncation=max_length is not None, max_length=max_length)["input_ids"]
 
 
 class Task(nn.Module):
@@ -137,11 +174,13 @@ class Task(nn.Module):
         base: Base,
         input_prompt: InputPrompt | None = None,
         deep_prompt: DeepPrompt | None = None,
+        render: Callable[[dict[str, str], Base, int | None], list[int]] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.input_prompt = input_prompt
         self.deep_prompt = deep_prompt
+        self.render = render or render_plain
         self.head = None
         if config.head is not None:
             if base.layout == "encoder-decoder":
@@ -151,3 +190,10 @@ class Task(nn.Module):
             self.register_buffer("label_word_ids", torch.tensor(base.label_word_ids(config), dtype=torch.long))
         else:
             self.label_word_ids = None
+
+    @property
+    def prompt(self) -> InputPrompt | DeepPrompt:
+        return self.input_prompt if self.input_prompt is not None else self.deep_prompt
+
+    def enter(self, base: Base, reuse: bool) -> Entered:
+        return self.prompt.enter(base, reuse)

@@ -131,6 +131,8 @@ class TrainArgs(MethodOptions):  # type: ignore[valid-type, misc]
     """Text encoding of the data files (default utf-8)."""
     columns: str | None = None
     """Column names of a CSV/TSV without a header row, comma-separated, e.g. text,label."""
+    quoting: Literal["auto", "rfc4180", "none"] = "auto"
+    """How a CSV/TSV file's quotes are read: told from the file (auto), as quoting (rfc4180), or as text (none)."""
     limit: int | None = None
     """Read at most this many training examples."""
     dev_limit: int | None = None
@@ -210,10 +212,11 @@ class TrainArgs(MethodOptions):  # type: ignore[valid-type, misc]
 # Settings a resumed run takes from its checkpoint; giving another value is an error.
 FIXED_ON_RESUME = ("method", "model", "task_type", "batch_size", "grad_accum", "lr", "weight_decay", "optimizer",
                    "schedule", "warmup_steps", "max_grad_norm", "class_weight", "seed", "max_length", "separator",
-                   "precision", "dev_fraction", "text_field", "label_field", "target_field", *method_options())
+                   "precision", "dev_fraction", *method_options())
 # Settings that may change on resume; a change applies from the checkpoint on and is reported.
 CHANGEABLE_ON_RESUME = ("epochs", "min_steps", "max_steps", "eval_every", "save_every", "log_every", "patience",
-                        "eval_batch_size", "max_new_tokens", "data", "dev", "limit", "dev_limit")
+                        "eval_batch_size", "max_new_tokens", "data", "dev", "limit", "dev_limit", "split", "format",
+                        "encoding", "columns", "quoting", "text_field", "label_field", "target_field")
 
 
 def _label_words(value: str | dict[str, str] | None) -> dict[str, str] | None:

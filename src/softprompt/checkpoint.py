@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .card import Format, RunInfo, model_card
 from .config import config_from_dict
 from .errors import CheckpointError
 from .model import PromptModel
@@ -34,6 +35,7 @@ from .models import fingerprint
 FORMAT_VERSION = 1
 META = "softprompt.json"
 TENSORS = "prompts.safetensors"
+CARD = "README.md"  # the model card of an export; loading ignores it
 
 
 def staging_folder(target: Path) -> Path:
@@ -88,14 +90,14 @@ def _check_target(directory: Path) -> None:
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} is a file, not a folder; save the prompt to a new folder")
     if directory.is_dir():
-        other = sorted(p.name for p in directory.iterdir() if p.name not in (META, TENSORS))
+        other = sorted(p.name for p in directory.iterdir() if p.name not in (META, TENSORS, CARD))
         if other:
             shown = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
             raise CheckpointError(f"{directory} holds files that are not a softprompt prompt ({shown}); "
                                   f"nothing was written: save to a new or empty folder")
 
 
-def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tensor], card: str | None = None) -> None:
     directory = Path(directory)
     _check_target(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,8 @@ def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tens
     staging.mkdir()
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / TENSORS)
+        if card is not None:
+            (staging / CARD).write_text(card)
         (staging / META).write_text(json.dumps(meta, indent=2) + "\n")  # last: marks the folder complete
         replace_folder(staging, directory)
     except BaseException:
@@ -129,8 +133,18 @@ def save(pm: PromptModel, directory: str | Path) -> None:
 
 
 @torch.no_grad()
-def export(pm: PromptModel, directory: str | Path) -> None:
-    """Inference-only prompts (every reparameterization folded into a plain table), into a new, empty or earlier prompt folder."""
+def export(pm: PromptModel, directory: str | Path, format: Format = "softprompt", run: RunInfo | None = None) -> None:
+    """Inference-only prompts: every reparameterization folded into a plain table, with a model card, into a new,
+    empty or earlier prompt folder.
+
+    ``format="peft"`` writes a PEFT prompt adapter instead (see :mod:`softprompt.peft_format`).
+    """
+    if format == "peft":
+        from .peft_format import export as export_peft
+
+        return export_peft(pm, directory, run=run)
+    if format != "softprompt":
+        raise ValueError(f"format={format!r}; use 'softprompt' or 'peft'")
     was_training = pm.training
     pm.eval()
     tensors: dict[str, torch.Tensor] = {}
@@ -148,7 +162,10 @@ def export(pm: PromptModel, directory: str | Path) -> None:
                     tensors[f"{name}.{key}"] = value
     finally:
         pm.train(was_training)
-    _write_atomically(Path(directory), _meta(pm, configs, True, tensors), tensors)
+    meta = _meta(pm, configs, True, tensors)
+    card = model_card(base_model=getattr(pm.base_model, "name_or_path", None) or None, tasks=meta["tasks"],
+                      num_parameters=meta["num_parameters"], run=run)
+    _write_atomically(Path(directory), meta, tensors, card)
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -202,8 +219,13 @@ def check_base(meta: dict, model: nn.Module, directory: Path) -> None:
 
 
 def load(model: nn.Module, directory: str | Path, tokenizer=None) -> PromptModel:
-    """A PromptModel with the saved (or exported) tasks on `model`."""
+    """A PromptModel with the saved (or exported) tasks on `model`; a PEFT prompt adapter folder loads as one exported task."""
     directory = Path(directory)
+    if not (directory / META).is_file():
+        from .peft_format import is_peft_folder, load as load_peft
+
+        if is_peft_folder(directory):
+            return load_peft(model, directory, tokenizer=tokenizer)
     meta = read_meta(directory)
     check_base(meta, model, directory)
     configs = {name: config_from_dict(data) for name, data in meta["tasks"].items()}  # checked by read_meta

@@ -36,7 +36,7 @@ from .train import TrainArgs, field_docs, fit, method_options, read_data, say
 from .train import train as run_training
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
-DATA_OPTIONS = ("text_field", "label_field", "target_field", "format", "encoding", "columns", "split")
+DATA_OPTIONS = ("text_field", "label_field", "target_field", "format", "encoding", "columns", "split", "quoting")
 """The options that say how to read a data file; eval and generate default them to the run's own."""
 USER_ERRORS: tuple[type[Exception], ...] = (UserError, DataError)
 

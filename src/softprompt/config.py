@@ -105,40 +105,58 @@ class PromptTuningConfig(TaskConfig):
             raise ConfigError("num_virtual_tokens is required for prompt tuning")
 
 
+PAPER_TEMPLATE = "[P:3] {text} [P:3] [MASK]"
+
+
 @dataclass
 class PTuningConfig(TaskConfig):
-    """P-Tuning (Liu et al. 2021): soft tokens from a prompt encoder, placed by a template."""
+    """P-Tuning (Liu et al. 2021): soft tokens from a prompt encoder, placed by a template or before the input."""
 
     method: ClassVar[str] = "p-tuning"
 
     num_virtual_tokens: int | None = None
-    """Number of soft tokens; derived from the template's [P:n] slots when left out."""
+    """Number of soft tokens: with a template, derived from its [P:n] slots; without one, placed before the input."""
     encoder: Literal["lstm", "mlp", "none"] = "lstm"
     """Prompt encoder: embedding -> 2-layer bidirectional LSTM -> MLP (paper), embedding -> MLP, or a plain table."""
     encoder_hidden_size: int | None = None
     """Hidden width of the MLP (defaults to the model's hidden size, as in the paper)."""
-    template: str = "[P:3] {text} [P:3] [MASK]"
-    """Soft slots [P:n], input fields {name}, anchor words, and [MASK] where the label word is scored."""
+    template: str | None = None
+    """Soft slots [P:n], input fields {name}, anchor words, and [MASK] where the label word is scored. Left out
+    with num_virtual_tokens given: the soft tokens go before the model's own input_ids (as PEFT's P-Tuning);
+    both left out: the paper's template '[P:3] {text} [P:3] [MASK]'."""
 
     def __post_init__(self) -> None:
-        slots = self.template_slots()
-        if slots == 0:
-            raise ConfigError(f"template {self.template!r} has no soft slot; add one like [P:3]")
-        if self.num_virtual_tokens is None:
-            self.num_virtual_tokens = slots
-        elif self.num_virtual_tokens != slots:
-            raise ConfigError(
-                f"template {self.template!r} holds {slots} soft tokens but num_virtual_tokens="
-                f"{self.num_virtual_tokens}; leave num_virtual_tokens out or change the [P:n] slots"
-            )
-        if not re.search(r"\{\w+\}", self.template):
-            raise ConfigError(f"template {self.template!r} has no input field; add {{text}}")
+        if self.template is None and self.num_virtual_tokens is None:
+            self.template = PAPER_TEMPLATE
+        if self.template is not None:
+            slots = self.template_slots()
+            if slots == 0:
+                raise ConfigError(f"template {self.template!r} has no soft slot; add one like [P:3]")
+            if self.num_virtual_tokens is None:
+                self.num_virtual_tokens = slots
+            elif self.num_virtual_tokens != slots:
+                raise ConfigError(
+                    f"template {self.template!r} holds {slots} soft tokens but num_virtual_tokens="
+                    f"{self.num_virtual_tokens}; leave num_virtual_tokens out or change the [P:n] slots"
+                )
+            if not re.search(r"\{\w+\}", self.template):
+                raise ConfigError(f"template {self.template!r} has no input field; add {{text}}")
         if self.encoder not in ("lstm", "mlp", "none"):
             raise ConfigError(f"encoder={self.encoder!r}; use lstm, mlp or none")
         super().__post_init__()
 
     def template_slots(self) -> int:
-        return sum(int(n or 1) for n in _SLOT.findall(self.template))
+        return sum(int(n or 1) for n in _SLOT.findall(self.template or ""))
+
+    def leading_slots(self) -> int:
+        """Soft slots at the very start of the template, before any field, anchor or [MASK]."""
+        count = 0
+        for piece in re.split(r"(\[P(?::\d+)?\])", (self.template or "").strip()):
+            if match := _SLOT.fullmatch(piece):
+                count += int(match.group(1) or 1)
+            elif piece.strip():
+                break
+        return count
 
     def exported(self) -> PTuningConfig:
         return dataclasses.replace(self, encoder="none")

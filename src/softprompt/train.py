@@ -17,7 +17,6 @@ The same code runs in one process or under ``accelerate launch``: each global mi
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import random
 import sys
@@ -55,23 +54,9 @@ def read_data(args: TrainArgs, path: str, limit: int | None) -> list[Example]:
     """Examples of a data file, read with the field, format and column options of ``args``."""
     fields = [f.strip() for f in args.text_field.split(",")]
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    options: dict[str, Any] = {}
-    if args.split is not None:
-        if "split" not in inspect.signature(read_examples).parameters:
-            raise TrainError(f"--split {args.split}: this version of softprompt reads no multi-split data folders; "
-                             "drop --split and pass the split's file")
-        options["split"] = args.split
-    examples = read_examples(path, args.task_type, text_field=fields if len(fields) > 1 else fields[0],
-                             label_field=args.label_field, target_field=args.target_field, format=args.format,
-                             encoding=args.encoding, limit=limit, columns=columns, **options)
-    if columns and examples:
-        first = examples[0]
-        texts = list(first.text.values()) if isinstance(first.text, dict) else [first.text]
-        key = first.label if args.task_type == "classification" else first.target
-        if texts == fields and key in (args.label_field, args.target_field):
-            raise TrainError(f"{path}: its first row ({', '.join(texts + [str(key)])}) is a header, but --columns says "
-                             f"the file has none; drop --columns (the header names the columns)")
-    return examples
+    return read_examples(path, args.task_type, text_field=fields if len(fields) > 1 else fields[0],
+                         label_field=args.label_field, target_field=args.target_field, format=args.format,
+                         encoding=args.encoding, limit=limit, columns=columns, split=args.split, quoting=args.quoting)
 
 
 def hold_out(examples: list[Example], task_type: str, fraction: float | None, seed: int) -> tuple[list[Example], list[Example]]:

@@ -10,24 +10,29 @@ import transformers as T
 from conftest import BOS, build, pad
 
 import softprompt
-from softprompt._attention import slot_of
 
 
 def _bert_reference(model: T.BertModel, ids, mask, prefix):
-    """BERT's encoder written out by hand, with prefix keys/values (L, 2, H, P, D) in every layer."""
+    """BERT's encoder written out by hand, with prefix keys/values (L, 2, H, P, D) in every layer.
+
+    A layer's prefix may be None: that layer has none, but the positions still count P (the prompt's length).
+    """
     emb = model.embeddings
-    positions = torch.arange(ids.shape[1])[None] + prefix.shape[3]  # the prefix stands where a past would
+    length = next(p for p in prefix if p is not None).shape[2]
+    positions = torch.arange(ids.shape[1])[None] + length  # the prefix stands where a past would
     x = emb.word_embeddings(ids) + emb.position_embeddings(positions) + emb.token_type_embeddings(torch.zeros_like(ids))
     x = emb.LayerNorm(x)
     heads, dim = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
-    keep = torch.cat([torch.ones(ids.shape[0], prefix.shape[3]), mask.float()], dim=1)  # (B, P + T)
-    bias = (1.0 - keep)[:, None, None, :] * -1e9
     for i, layer in enumerate(model.encoder.layer):
         att = layer.attention.self
         split = lambda t: t.view(*t.shape[:2], heads, dim).transpose(1, 2)  # noqa: E731
         q, k, v = split(att.query(x)), split(att.key(x)), split(att.value(x))
-        k = torch.cat([prefix[i, 0].expand(ids.shape[0], -1, -1, -1), k], dim=2)
-        v = torch.cat([prefix[i, 1].expand(ids.shape[0], -1, -1, -1), v], dim=2)
+        keep = mask.float()
+        if prefix[i] is not None:
+            k = torch.cat([prefix[i][0].expand(ids.shape[0], -1, -1, -1), k], dim=2)
+            v = torch.cat([prefix[i][1].expand(ids.shape[0], -1, -1, -1), v], dim=2)
+            keep = torch.cat([torch.ones(ids.shape[0], length), keep], dim=1)  # (B, P + T)
+        bias = (1.0 - keep)[:, None, None, :] * -1e9
         weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim) + bias, dim=-1)
         context = (weights @ v).transpose(1, 2).reshape(*x.shape)
         x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
@@ -42,19 +47,23 @@ def test_bert_deep_prompt_matches_an_independent_attention_computation():
     with torch.no_grad():
         got = pm(**batch).last_hidden_state
         prefix = pm.tasks["default"].deep_prompt()["encoder"]
-        expected = _bert_reference(model, batch["input_ids"], batch["attention_mask"], prefix)
+        expected = _bert_reference(model, batch["input_ids"], batch["attention_mask"], list(prefix))
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
 
 
 def test_layer_range_puts_prompts_only_in_those_layers():
     model = build("bert", auto=T.AutoModel, num_hidden_layers=4)
-    pm = softprompt.attach(model, softprompt.PTuningV2Config(num_virtual_tokens=3, layers=(1, 3)))
-    assert pm.tasks["default"].deep_prompt()["encoder"].shape[0] == 2
-    pm(**pad([[BOS, 5, 6]], left=False))
-    slots = [slot_of(layer.attention.self) for layer in model.encoder.layer]
-    assert [s.key is not None for s in slots] == [False, True, True, False]
+    pm = softprompt.attach(model, softprompt.PTuningV2Config(num_virtual_tokens=3, layers=(1, 3), prefix_dropout=0.0))
+    table = pm.tasks["default"].deep_prompt()["encoder"]
+    assert table.shape[0] == 2
     assert pm.num_trainable_parameters() == 3 * 2 * 2 * 32
+    batch = pad([[BOS, 5, 6, 7], [BOS, 8]], left=False)
+    with torch.no_grad():
+        got = pm(**batch).last_hidden_state
+        expected = _bert_reference(model, batch["input_ids"], batch["attention_mask"], [None, table[0], table[1], None])
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
 
 
 def test_reparameterization_is_optional():
@@ -71,9 +80,10 @@ def test_sequence_classification_head_on_cls_trains_with_the_prompt():
     labels = torch.tensor([2, 0])
     out = pm(**batch, labels=labels)
     assert out.logits.shape == (2, 3)
-    positions = torch.arange(4)[None] + 4  # real tokens numbered after the P = 4 prefix positions
-    hidden = pm.base_model(**batch, position_ids=positions).last_hidden_state[:, 0]  # the slots still hold the prefix
-    torch.testing.assert_close(out.logits, pm.tasks["default"].head.classifier(hidden))
+    with torch.no_grad():
+        prefix = list(pm.tasks["default"].deep_prompt()["encoder"])
+        hidden = _bert_reference(model, batch["input_ids"], batch["attention_mask"], prefix)[:, 0]  # [CLS]
+    torch.testing.assert_close(out.logits, pm.tasks["default"].head.classifier(hidden), atol=1e-5, rtol=1e-5)
     out.loss.backward()
     names = {n for n, p in pm.tasks.named_parameters() if p.grad is not None}
     assert names == {"default.deep_prompt.encoders.encoder.weight", "default.head.classifier.weight",

@@ -8,7 +8,6 @@ from conftest import build, extra_inputs, pad
 from tokenizers_util import bpe_tokenizer
 
 import softprompt
-from softprompt._attention import slot_of
 
 
 def test_mlp_reparameterization_is_linear_tanh_linear_with_the_papers_width():
@@ -93,10 +92,14 @@ def test_two_prefixes_give_different_first_generation_step():
 
 def test_beam_search_repeats_each_rows_prefix():
     pm = softprompt.attach(build("llama"), softprompt.PrefixTuningConfig(num_virtual_tokens=4))
-    batch = pad([[5, 6, 7], [8, 9]], left=True)
-    out = pm.generate(**batch, max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    pm.add_task("other", softprompt.PrefixTuningConfig(num_virtual_tokens=2))
+    rows = [[5, 6, 7], [8, 9]]
+    beams = dict(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    out = pm.generate(**pad(rows, left=True), task=["default", "other"], **beams)
     assert out.shape == (4, 6)
-    assert slot_of(pm.base_model.model.layers[0].self_attn).key.shape[0] == 2
+    for row, name in enumerate(["default", "other"]):
+        alone = pm.generate(**pad([rows[row]], left=True), task=name, **beams)
+        assert torch.equal(out[2 * row : 2 * row + 2, -3:], alone[:, -3:])
 
 
 def test_unsupported_family_is_a_clear_error():

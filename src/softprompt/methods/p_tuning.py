@@ -5,12 +5,14 @@ and fixed anchor words. The soft tokens come from a prompt encoder,
 h = MLP(BiLSTM(e_1 .. e_P)) (or MLP(e), or a plain table), which is run once and dropped at
 inference. Rendering a template writes slot i as the token id ``-(i + 1)``; the model swaps those
 positions for h_i. Label words are scored by the LM head at [MASK] (masked LMs) or as the token that
-follows the template (causal LMs, where the template stops at [MASK]).
+follows the template (causal LMs, where the template stops at [MASK]). Without a template the soft
+tokens go before the model's own input ids, as in PEFT's P-Tuning.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import torch
 
@@ -64,4 +66,7 @@ def build(config: PTuningConfig, base: Base) -> Task:
     if kind == "table":
         with torch.no_grad():
             encoder.weight.uniform_(-0.5, 0.5)
-    return Task(config, base, input_prompt=InputPrompt(encoder, "slots"))
+    if config.template is None:
+        return Task(config, base, input_prompt=InputPrompt(encoder, "prefix"))
+    prompt = InputPrompt(encoder, "slots", lead_slots=config.leading_slots())
+    return Task(config, base, input_prompt=prompt, render=partial(render, config.template))
