@@ -180,3 +180,18 @@ def test_balanced_class_weights_weigh_the_loss(files: dict[str, Path]) -> None:
     expected = F.cross_entropy(logits, batch["labels"], weight=trainer.class_weights)
     torch.testing.assert_close(trainer.loss(dict(batch)), expected)
     assert not torch.allclose(expected, F.cross_entropy(logits, batch["labels"]))
+
+
+def test_the_readme_states_the_defaults_the_code_uses() -> None:
+    from softprompt._train_args import DEFAULT_EPOCHS, MAX_DEFAULT_STEPS, METHOD_DEFAULTS, PATIENCE
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `--lr` |"))
+    names = {"prompt-tuning": "Prompt Tuning", "p-tuning": "P-Tuning", "prefix-tuning": "Prefix-Tuning",
+             "p-tuning-v2": "P-Tuning v2"}
+    for method, defaults in METHOD_DEFAULTS.items():
+        assert f"{names[method]} {defaults['lr']:.0e}".replace("e-0", "e-") in row, method
+    floors = {defaults["min_steps"] for defaults in METHOD_DEFAULTS.values()}
+    assert f"{DEFAULT_EPOCHS} epochs, at least {floors.pop()} and at most {MAX_DEFAULT_STEPS:,} optimizer steps" in readme
+    assert not floors  # one floor for every method, as the README says
+    assert f"stop after {PATIENCE} without improvement" in readme
