@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from torch.nn.attention.bias import CausalBias
 
 from softprompt._attention import (
     KWARG,
@@ -26,26 +25,19 @@ CPU = torch.device("cpu")
 
 
 def test_no_mask_and_no_hidden_prefix_columns_stays_no_mask():
-    assert widen_mask(None, None, 2, 3, 3, 2, causal=False, additive=None, fused=True, device=CPU) is None
+    assert widen_mask(None, None, 2, 3, 3, 2, causal=False, additive=None, device=CPU) is None
 
 
 def test_causal_without_mask_becomes_bottom_right_aligned():
     # 2 prefix columns, then 3 real keys; query i sees the prefix and real keys 0..i.
-    got = widen_mask(None, None, 1, 3, 3, 2, causal=True, additive=None, fused=False, device=CPU)
+    got = widen_mask(None, None, 1, 3, 3, 2, causal=True, additive=None, device=CPU)
     expected = torch.tensor([[T, T, T, F, F], [T, T, T, T, F], [T, T, T, T, T]])
     assert torch.equal(got, expected[None, None])
 
 
-def test_causal_without_mask_takes_the_lower_right_bias_where_fused_kernels_can_run():
-    got = widen_mask(None, None, 1, 3, 3, 2, causal=True, additive=None, fused=True, device=CPU)
-    assert isinstance(got, CausalBias)
-    expected = torch.tensor([[T, T, T, F, F], [T, T, T, T, F], [T, T, T, T, T]])
-    assert torch.equal(got._materialize(CPU), expected)
-
-
 def test_causal_after_a_cache_aligns_the_last_query_with_the_last_key():
     # 2 new queries after 2 cached keys (kv = 4), prefix 1.
-    got = widen_mask(None, None, 1, 2, 4, 1, causal=True, additive=None, fused=False, device=CPU)
+    got = widen_mask(None, None, 1, 2, 4, 1, causal=True, additive=None, device=CPU)
     expected = torch.tensor([[T, T, T, T, F], [T, T, T, T, T]])
     assert torch.equal(got, expected[None, None])
 
@@ -53,7 +45,7 @@ def test_causal_after_a_cache_aligns_the_last_query_with_the_last_key():
 def test_a_boolean_padding_mask_gets_the_prefix_columns_first():
     mask = torch.tensor([[[[F, T, T], [F, T, T], [F, T, T]]]])  # (1, 1, 3, 3): key 0 is padding
     columns = torch.tensor([[T, F]])[:, None, None, :].expand(1, 1, 3, 2)  # the second prefix column is padding
-    got = widen_mask(mask, columns, 1, 3, 3, 2, causal=False, additive=None, fused=True, device=CPU)
+    got = widen_mask(mask, columns, 1, 3, 3, 2, causal=False, additive=None, device=CPU)
     expected = torch.tensor([[T, F, F, T, T]] * 3)
     assert torch.equal(got, expected[None, None])
 
@@ -62,12 +54,12 @@ def test_an_additive_mask_gets_additive_prefix_columns():
     low = torch.finfo(torch.float32).min
     mask = torch.tensor([[[[0.0, low]]]])  # (1, 1, 1, 2)
     columns = torch.tensor([[[[T, F]]]])
-    got = widen_mask(mask, columns, 1, 1, 2, 2, causal=False, additive=torch.float32, fused=False, device=CPU)
+    got = widen_mask(mask, columns, 1, 1, 2, 2, causal=False, additive=torch.float32, device=CPU)
     assert torch.equal(got, torch.tensor([[[[0.0, low, 0.0, low]]]]))
 
 
 def test_eager_gets_an_additive_mask_in_the_query_dtype():
-    got = widen_mask(None, None, 1, 2, 2, 1, causal=True, additive=torch.bfloat16, fused=True, device=CPU)
+    got = widen_mask(None, None, 1, 2, 2, 1, causal=True, additive=torch.bfloat16, device=CPU)
     low = torch.finfo(torch.bfloat16).min
     expected = torch.tensor([[0.0, 0.0, low], [0.0, 0.0, 0.0]], dtype=torch.bfloat16)
     assert got.dtype == torch.bfloat16 and torch.equal(got, expected[None, None])
@@ -124,6 +116,10 @@ def test_attention_with_a_prefix_equals_attention_over_the_concatenated_keys(kin
     visible = torch.tensor([[T, T, T, F, F], [T, T, T, T, F], [T, T, T, T, T]])
     expected = (scores.masked_fill(~visible, -math.inf).softmax(-1) @ values).transpose(1, 2)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    # With padding (a boolean mask) the widened mask gives the same attention.
+    masked, _ = attention(module, query, key, value, torch.ones(1, 1, 3, 3, dtype=torch.bool).tril(), scaling=0.5,
+                          **{KWARG: prompts})
+    torch.testing.assert_close(masked, expected, atol=1e-6, rtol=1e-6)
     # Without prompts (or inside a scope of another call) the module's own attention runs.
     plain, _ = attention(module, query, key, value, None, scaling=0.5)
     with scope(Prompts()):

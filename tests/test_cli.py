@@ -85,6 +85,31 @@ def test_eval_generate_inspect(run: Path, files: dict[str, Path], capsys: pytest
     assert info["share_of_base"].endswith("%") and info["size_on_disk_bytes"]["total"] > 0
 
 
+def test_inspect_a_peft_folder_and_the_nearest_tokens(files: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pt"
+    assert cli.main(["train", "--method", "prompt-tuning", "--model", str(files["gpt2"]), "--data", str(files["train"]),
+                     "--dev", str(files["dev"]), "--out", str(out), "--num-virtual-tokens", "3", *FAST]) == 0
+    capsys.readouterr()
+    assert cli.main(["inspect", str(out), "--nearest", "2"]) == 0
+    captured = capsys.readouterr()
+    info = json.loads(captured.out)
+    tokens = info["nearest"]["tasks"]["default"]["tokens"]
+    assert len(tokens) == 3 and all(len(t["nearest"]) == 2 for t in tokens)
+    assert "cos" in captured.err or "0." in captured.err  # the readable table on stderr
+    import softprompt
+    from softprompt.models import load_model
+
+    model, _ = load_model(str(files["gpt2"]))  # a PEFT adapter holds a prompt without a head or label words
+    softprompt.attach(model, softprompt.PromptTuningConfig(num_virtual_tokens=3)).export(tmp_path / "peft", format="peft")
+    assert cli.main(["inspect", str(tmp_path / "peft")]) == 0
+    peft_info = json.loads(capsys.readouterr().out)
+    assert peft_info["format"] == "peft" and peft_info["tasks"]["default"]["method"] == "prompt-tuning"
+    assert cli.main(["inspect", str(tmp_path / "peft"), "--nearest", "1", "--model", str(files["gpt2"])]) == 0
+    assert len(json.loads(capsys.readouterr().out)["nearest"]["tasks"]["default"]["tokens"]) == 3
+    assert_fails(["inspect", str(tmp_path / "peft"), "--nearest", "1"], capsys, "--model")
+
+
 def test_eval_and_generate_read_other_field_names(run: Path, files: dict[str, Path], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     rows = [json.loads(line) for line in files["dev"].read_text().splitlines()]

@@ -344,3 +344,16 @@ def test_pickled_adapter_weights_load(tmp_path):
     pm = softprompt.load(build("gpt2"), tmp_path / "a").eval()
     batch = inputs("gpt2")
     torch.testing.assert_close(outputs(pm, batch), outputs(reference, batch, strip=P), atol=1e-5, rtol=1e-5)
+
+
+def test_peft_export_onto_a_folder_of_other_files_writes_nothing(tmp_path):
+    pm = softprompt.attach(build("gpt2"), softprompt.PromptTuningConfig(num_virtual_tokens=2))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "important.txt").write_text("keep me")
+    with pytest.raises(softprompt.CheckpointError, match="important.txt"):
+        pm.export(folder, format="peft")
+    assert sorted(p.name for p in folder.iterdir()) == ["important.txt"]
+    pm.export(tmp_path / "adapter", format="peft")
+    pm.export(tmp_path / "adapter", format="peft")  # its own folder may be replaced
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()

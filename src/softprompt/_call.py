@@ -21,6 +21,7 @@ from ._attention import _ALWAYS_VISIBLE, Prefix, Prompts
 from ._inputs import Assembled, RowEdit, assemble
 from ._parts import Entered
 from ._task import Base
+from .errors import UserError
 
 
 @dataclass
@@ -40,7 +41,7 @@ def prepare(base: Base, tasks: nn.ModuleDict, names: list[str], input_ids, atten
     assembled = None
     if any(e is not None for e in edits):
         if input_ids is None:
-            raise ValueError("soft input tokens need input_ids (inputs_embeds alone cannot be placed)")
+            raise UserError("soft input tokens need input_ids (inputs_embeds alone cannot be placed)")
         _check_slots(names, edits, input_ids)
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         embeds = base.model.get_input_embeddings()(input_ids.clamp(min=0))
@@ -54,7 +55,7 @@ def prepare(base: Base, tasks: nn.ModuleDict, names: list[str], input_ids, atten
     else:
         if input_ids is not None and bool((input_ids < 0).any()):
             bad = sorted({n for n, row in zip(names, input_ids) if bool((row < 0).any())})
-            raise ValueError(f"input_ids hold template slots (negative ids) but task(s) {bad} have no P-Tuning template")
+            raise UserError(f"input_ids hold template slots (negative ids) but task(s) {bad} have no P-Tuning template")
         inputs.update(input_ids=input_ids, attention_mask=attention_mask)
         mask = attention_mask
     if takes_positions:
@@ -155,7 +156,7 @@ def check_positions(base: Base, inputs: dict) -> None:
         tokens = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs.get("inputs_embeds")
         last = tokens.shape[1] - 1
     if last >= limit - offset:
-        raise ValueError(
+        raise UserError(
             f"the input and its prompt need {last + 1} positions but {base.model.config.model_type} has "
             f"{limit - offset}; shorten the inputs (softprompt train/eval: --max-length) or use fewer virtual tokens"
         )
@@ -179,11 +180,11 @@ def _check_slots(names: list[str], edits: list[RowEdit | None], input_ids: torch
         has_slots = bool((input_ids[row] < 0).any())
         wants_slots = edit is not None and edit.slots is not None
         if wants_slots and not has_slots:
-            raise ValueError(
+            raise UserError(
                 f"row {row} (task {name!r}): a P-Tuning template needs its slots in the input; render the rows "
                 "with PromptModel.tokenize, or use PTuningConfig(num_virtual_tokens=N) without a template to "
                 "pass plain input_ids"
             )
         if has_slots and not wants_slots:
-            raise ValueError(f"row {row} (task {name!r}) holds template slots (negative ids) but its task has no "
+            raise UserError(f"row {row} (task {name!r}) holds template slots (negative ids) but its task has no "
                              "P-Tuning template")

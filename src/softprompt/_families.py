@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
+from .errors import UserError
 
 Layout = Literal["decoder", "encoder", "encoder-decoder"]
 Stack = Literal["encoder", "decoder", "cross"]
@@ -97,7 +98,7 @@ FAMILIES: dict[str, Family] = {
 def family_of(model: nn.Module) -> Family:
     model_type = model.config.model_type
     if model_type not in FAMILIES:
-        raise ValueError(
+        raise UserError(
             f"model_type {model_type!r} is not supported; supported model types: {', '.join(sorted(FAMILIES))}"
         )
     return FAMILIES[model_type]

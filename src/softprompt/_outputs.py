@@ -16,6 +16,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from ._inputs import Assembled
 from ._task import Base
+from .errors import UserError
 
 
 def last_real(mask: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,7 @@ def score_positions(base: Base, input_ids: torch.Tensor, attention_mask: torch.T
     if base.family.score_at == "mask":
         hits = input_ids == base.mask_token_id()
         if not bool(hits.any(-1).all()):
-            raise ValueError("every row needs a [MASK] token where the label word is scored")
+            raise UserError("every row needs a [MASK] token where the label word is scored")
         return hits.long().argmax(-1)
     return last_real(attention_mask if attention_mask is not None else torch.ones_like(input_ids))
 

@@ -16,6 +16,7 @@ from ._attention import KWARG, Prompts
 from ._families import attention_stacks, family_of
 from ._parts import DeepPrompt, Entered, Head, InputPrompt
 from .config import TaskConfig
+from .errors import UserError
 
 _FREQUENT = 5000  # Lester et al. sample from the 5,000 most frequent tokens
 
@@ -34,7 +35,7 @@ class Base:
     # -- tokenizer-backed helpers -------------------------------------------------------------
     def _tokenizer(self, why: str):
         if self.tokenizer is None:
-            raise ValueError(f"{why} needs a tokenizer: pass tokenizer=... to softprompt.attach")
+            raise UserError(f"{why} needs a tokenizer: pass tokenizer=... to softprompt.attach")
         return self.tokenizer
 
     def token_ids(self, text: str, leading_space: bool = False) -> list[int]:
@@ -51,10 +52,10 @@ class Base:
             # A lone leading-space piece (SentencePiece's "▁") carries no meaning: score the word itself.
             meaningful = [i for i in pieces if self.tokenizer.decode([i]).strip()]
             if not meaningful:
-                raise ValueError(f"label word {word!r} has no token")
+                raise UserError(f"label word {word!r} has no token")
             ids.append(meaningful[0])
         if len(set(ids)) != len(ids):
-            raise ValueError(f"label words {list(words)} share a first token; pick words that start differently")
+            raise UserError(f"label words {list(words)} share a first token; pick words that start differently")
         return ids
 
     def frequent_token_ids(self, count: int) -> list[int]:
@@ -68,7 +69,7 @@ class Base:
     def mask_token_id(self) -> int:
         mask = getattr(self._tokenizer("a [MASK] in a template"), "mask_token_id", None)
         if mask is None:
-            raise ValueError("[MASK] in a template needs a tokenizer with a mask token")
+            raise UserError("[MASK] in a template needs a tokenizer with a mask token")
         return mask
 
     def special_tokens(self) -> tuple[list[int], list[int]]:
@@ -87,17 +88,17 @@ class Base:
     # -- attention stacks ---------------------------------------------------------------------
     def prefix_shapes(self, stacks: list[str] | None, start: int, end: int | None) -> dict[str, tuple[int, int, int]]:
         if self.family.prefix_unsupported:
-            raise ValueError(self.family.prefix_unsupported)
+            raise UserError(self.family.prefix_unsupported)
         chosen = stacks or list(self.stacks)
         missing = [s for s in chosen if s not in self.stacks]
         if missing:
-            raise ValueError(f"{self.model.config.model_type} has no {missing} attention; it has {list(self.stacks)}")
+            raise UserError(f"{self.model.config.model_type} has no {missing} attention; it has {list(self.stacks)}")
         shapes = {}
         for stack in chosen:
             shape = self.stacks[stack]
             stop = shape.num_layers if end is None else end
             if stop > shape.num_layers or start >= stop:
-                raise ValueError(f"layers [{start}, {stop}) outside the {shape.num_layers} layers of the {stack} stack")
+                raise UserError(f"layers [{start}, {stop}) outside the {shape.num_layers} layers of the {stack} stack")
             shapes[stack] = (stop - start, shape.kv_heads, shape.head_dim)
         return shapes
 
@@ -184,7 +185,7 @@ class Task(nn.Module):
         self.head = None
         if config.head is not None:
             if base.layout == "encoder-decoder":
-                raise ValueError("a fresh head needs an encoder or a decoder-only model, not an encoder-decoder")
+                raise UserError("a fresh head needs an encoder or a decoder-only model, not an encoder-decoder")
             self.head = Head(config.head, base.hidden_size, config.num_labels, config.head_dropout)
         if config.label_words is not None or (config.labels and config.head is None):
             self.register_buffer("label_word_ids", torch.tensor(base.label_word_ids(config), dtype=torch.long))

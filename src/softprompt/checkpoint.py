@@ -28,7 +28,7 @@ from torch import nn
 
 from .card import Format, RunInfo, model_card
 from .config import config_from_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 from .model import PromptModel
 from .models import fingerprint
 
@@ -85,35 +85,48 @@ def is_prompt_folder(directory: Path) -> bool:
     return (directory / META).is_file() and (directory / TENSORS).is_file()
 
 
-def _check_target(directory: Path) -> None:
-    """Refuse to write over anything that is not a prompt folder."""
+def _check_target(directory: Path, own: set[str]) -> None:
+    """Refuse to write over anything but a folder holding only the files named in `own`."""
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"{directory} is a file, not a folder; save the prompt to a new folder")
     if directory.is_dir():
-        other = sorted(p.name for p in directory.iterdir() if p.name not in (META, TENSORS, CARD))
+        other = sorted(p.name for p in directory.iterdir() if p.name not in own)
         if other:
             shown = ", ".join(other[:5]) + (" ..." if len(other) > 5 else "")
-            raise CheckpointError(f"{directory} holds files that are not a softprompt prompt ({shown}); "
+            raise CheckpointError(f"{directory} holds files that are not a prompt's ({shown}); "
                                   f"nothing was written: save to a new or empty folder")
 
 
-def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tensor], card: str | None = None) -> None:
+def write_folder(directory: str | Path, files: dict[str, Callable[[Path], None]], last: str) -> None:
+    """Write a folder of `files` (name -> writer of that path) beside `directory` and move it into place.
+
+    `last` is written after the others, so its presence marks the folder complete; a folder holding
+    anything else is refused, and an interrupted earlier publish is finished or rolled back first.
+    """
     directory = Path(directory)
-    _check_target(directory)
+    _check_target(directory, set(files) | {CARD})
     directory.parent.mkdir(parents=True, exist_ok=True)
-    recover_folder(directory, is_prompt_folder)
+    recover_folder(directory, lambda folder: (folder / last).is_file())
     staging = staging_folder(directory)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / TENSORS)
-        if card is not None:
-            (staging / CARD).write_text(card)
-        (staging / META).write_text(json.dumps(meta, indent=2) + "\n")  # last: marks the folder complete
+        for name, write in sorted(files.items(), key=lambda item: item[0] == last):
+            write(staging / name)
         replace_folder(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_atomically(directory: Path, meta: dict, tensors: dict[str, torch.Tensor], card: str | None = None) -> None:
+    files = {
+        TENSORS: lambda path: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path),
+        META: lambda path: path.write_text(json.dumps(meta, indent=2) + "\n"),
+    }
+    if card is not None:
+        files[CARD] = lambda path: path.write_text(card)
+    write_folder(directory, files, last=META)
 
 
 def _meta(pm: PromptModel, configs: dict, exported: bool, tensors: dict[str, torch.Tensor]) -> dict:
@@ -144,7 +157,7 @@ def export(pm: PromptModel, directory: str | Path, format: Format = "softprompt"
 
         return export_peft(pm, directory, run=run)
     if format != "softprompt":
-        raise ValueError(f"format={format!r}; use 'softprompt' or 'peft'")
+        raise UserError(f"format={format!r}; use 'softprompt' or 'peft'")
     was_training = pm.training
     pm.eval()
     tensors: dict[str, torch.Tensor] = {}

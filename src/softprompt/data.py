@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._tables import QUOTINGS, Quoting, Row, TableError, split_rows
+from .errors import UserError
 
 __all__ = [
     "DataError", "Example", "read_examples", "label_set", "check_labels", "split",
@@ -40,7 +41,7 @@ IGNORE_INDEX = -100  # the label id that torch's cross-entropy skips
 _FIELD_OPTIONS = "--text-field/--label-field/--target-field"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file (or its contents) cannot be used; the message says where and why."""
 
 

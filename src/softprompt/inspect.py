@@ -23,6 +23,7 @@ from safetensors import safe_open
 from . import peft_format
 from .checkpoint import CARD, META, TENSORS, read_meta
 from .model import PromptModel
+from .errors import UserError
 
 NOT_INPUT_LEVEL = (
     "its prompt is keys and values inside the attention layers, not vectors in the input embedding space, "
@@ -81,7 +82,7 @@ def nearest(pm: PromptModel, k: int = 5, tokenizer=None) -> dict[str, Any]:
     PromptModel's), else ``None``.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise UserError(f"k must be >= 1, got {k}")
     tokenizer = tokenizer if tokenizer is not None else pm.tokenizer
     embeddings = pm.base_model.get_input_embeddings().weight.detach().float()  # (V, H)
     vocabulary = F.normalize(embeddings, dim=-1)

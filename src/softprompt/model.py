@@ -32,6 +32,7 @@ from ._task import Base, Task
 from .card import Format, RunInfo
 from .config import TaskConfig
 from .methods import METHODS
+from .errors import UserError
 
 DEFAULT_TASK = "default"
 
@@ -72,7 +73,7 @@ class PromptModel(nn.Module):
         whose values come from a checkpoint.
         """
         if name in self.tasks:
-            raise ValueError(f"task {name!r} exists already; tasks: {list(self.tasks)}")
+            raise UserError(f"task {name!r} exists already; tasks: {list(self.tasks)}")
         if not isinstance(config, TaskConfig):
             raise TypeError(f"expected a softprompt config, got {type(config).__name__}")
         self._base.loading = not initialize
@@ -144,10 +145,10 @@ class PromptModel(nn.Module):
             raise RuntimeError("this PromptModel was detached from its base model; attach again with softprompt.attach")
         names = [task or DEFAULT_TASK] * batch if task is None or isinstance(task, str) else list(task)
         if len(names) != batch:
-            raise ValueError(f"task has {len(names)} names for a batch of {batch} rows; give one per row")
+            raise UserError(f"task has {len(names)} names for a batch of {batch} rows; give one per row")
         unknown = sorted(set(names) - set(self.tasks))
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; this model has tasks {list(self.tasks)}")
+            raise UserError(f"unknown task(s) {unknown}; this model has tasks {list(self.tasks)}")
         return names
 
     def _is_disabled(self) -> bool:
@@ -157,7 +158,7 @@ class PromptModel(nn.Module):
     def tokenize(self, texts: list[str] | list[dict[str, str]], task: str = DEFAULT_TASK, max_length: int = 256):
         """Tokenize (and for P-Tuning templates render) a batch, padded on the family's side."""
         if self.tokenizer is None:
-            raise ValueError("tokenize needs a tokenizer: pass tokenizer=... to softprompt.attach")
+            raise UserError("tokenize needs a tokenizer: pass tokenizer=... to softprompt.attach")
         render = self.tasks[self._row_tasks(task, 1)[0]].render
         rows = [render(t if isinstance(t, dict) else {"text": t}, self._base, max_length) for t in texts]
         return pad_rows(rows, self._pad_id(), left=self.family.pad_side == "left")
@@ -202,7 +203,7 @@ class PromptModel(nn.Module):
         heads = {t.config.head for t in tasks}
         if heads != {None}:
             if len(heads) > 1:
-                raise ValueError("rows of one batch must all use a head of the same kind, or none")
+                raise UserError("rows of one batch must all use a head of the same kind, or none")
             return head_forward(self._base, self.tasks, names, inputs, assembled, labels, attention_mask)
         follows = self.family.outputs_follow_input
         verbalized = labels is not None and labels.dim() == 1 and any(t.label_word_ids is not None for t in tasks)

@@ -20,8 +20,6 @@ layers. PEFT itself is not needed for either direction.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from transformers.models.auto import modeling_auto
 
 from ._families import attention_stacks, family_of
 from .card import RunInfo, model_card
-from .checkpoint import CheckpointError, replace_folder
+from .checkpoint import CheckpointError, write_folder
 from .config import PrefixTuningConfig, PromptTuningConfig, PTuningConfig, TaskConfig
 from .model import DEFAULT_TASK, PromptModel
 
@@ -294,25 +292,19 @@ def export(pm: PromptModel, directory: str | Path, run: RunInfo | None = None) -
     """Write `pm`'s one task as a PEFT prompt adapter that ``peft.PeftModel.from_pretrained`` loads.
 
     Like softprompt's own export, the folder is written beside `directory` and moved into place in
-    one rename, with a model card.
+    one rename, with a model card; a folder holding other files is refused.
     """
     config, table = adapter_of(pm)
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        save_file({TENSOR: table.contiguous().cpu()}, staging / WEIGHTS, metadata={"format": "pt"})
-        (staging / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        name = next(iter(pm.tasks))
-        card = model_card(
-            base_model=config["base_model_name_or_path"],
-            tasks={name: pm.tasks[name].config.exported().to_dict()},
-            num_parameters={name: table.numel()},
-            format="peft",
-            run=run,
-        )
-        (staging / CARD).write_text(card)
-        replace_folder(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    name = next(iter(pm.tasks))
+    card = model_card(
+        base_model=config["base_model_name_or_path"],
+        tasks={name: pm.tasks[name].config.exported().to_dict()},
+        num_parameters={name: table.numel()},
+        format="peft",
+        run=run,
+    )
+    write_folder(directory, {
+        WEIGHTS: lambda path: save_file({TENSOR: table.contiguous().cpu()}, path, metadata={"format": "pt"}),
+        CARD: lambda path: path.write_text(card),
+        CONFIG: lambda path: path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
+    }, last=CONFIG)

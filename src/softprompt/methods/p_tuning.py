@@ -19,6 +19,7 @@ import torch
 from .._parts import InputPrompt, make_encoder
 from .._task import Base, Task
 from ..config import PTuningConfig
+from ..errors import UserError
 
 _PIECE = re.compile(r"(\[P(?::\d+)?\]|\{\w+\}|\[MASK\])")
 
@@ -42,7 +43,7 @@ def render(template: str, fields: dict[str, str], base: Base, max_length: int | 
         elif match := re.fullmatch(r"\{(\w+)\}", piece):
             name = match.group(1)
             if name not in fields:
-                raise ValueError(f"template field {{{name}}} is missing from the input; it has {sorted(fields)}")
+                raise UserError(f"template field {{{name}}} is missing from the input; it has {sorted(fields)}")
             start = len(ids)
             ids += base.token_ids(fields[name], leading_space=bool(ids))
             field_spans.append((start, len(ids)))
