@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -150,3 +153,55 @@ def run_collator(run: Path):
     base, tokenizer = load_model(values["model"])
     pm = softprompt.load(base, prompt, tokenizer=tokenizer)
     return Collator(pm, values["task_type"], values["labels"], values["max_length"], values["separator"])
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`softprompt serve ARGS` in a process of its own on a free port; yields (process, base URL) once healthy."""
+    import httpx2 as httpx
+
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with open(log, "wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "softprompt.cli", "serve", *args, "--port", str(port)],
+                                   stdout=sink, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"softprompt serve exited with {process.returncode}: {log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"softprompt serve did not become healthy: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def long_gpt2(folder: Path) -> Path:
+    """A GPT-2 of the tiny vocabulary that never stops by itself: 1024 positions and no stop token."""
+    _tiny.gpt2(folder)
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config.from_pretrained(folder)
+    config.update({"n_embd": 128, "n_layer": 4, "n_positions": 1024, "initializer_range": 0.3})
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    GenerationConfig(eos_token_id=None, pad_token_id=2).save_pretrained(folder)
+    return folder
