@@ -16,6 +16,7 @@ model -- loading or unloading a prompt -- runs in the same thread between steps 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import random
 import threading
@@ -31,6 +32,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ._attention import KWARG, Prompts
 from ._parts import Entered
 from .model import PromptModel, pad_rows
 
@@ -146,6 +148,7 @@ class Engine:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # (B, S): which cache columns each row attends to
         self._last: torch.Tensor | None = None  # (B, 1): each row's latest token, the next step's input
+        self._step: dict[str, Any] | None = None  # the last decoding step's inputs, while no row has joined since
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -315,6 +318,7 @@ class Engine:
         return True
 
     def _join(self, cache: DynamicCache, mask: torch.Tensor, last: torch.Tensor, rows: list[Generation]) -> None:
+        self._step = None
         if self._cache is None:
             self._cache, self._mask, self._last, self._rows = cache, mask, last, rows
             return
@@ -334,8 +338,17 @@ class Engine:
         rows = self._rows
         mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)  # (B, S + 1)
         try:
-            inputs = self.pm.prepare(input_ids=self._last, attention_mask=mask, task=[r.task for r in rows],
-                                     **{self._cache_key: self._cache}, use_cache=True)
+            if self._step is None:
+                inputs = self.pm.prepare(input_ids=self._last, attention_mask=mask, task=[r.task for r in rows],
+                                         **{self._cache_key: self._cache}, use_cache=True)
+            else:
+                # Until a row joins, a step's inputs are the last step's one token on (the next tokens, one more
+                # mask column, positions one further, as generate continues them) with the same prompts: the
+                # per-row prefix tables of a mixed batch are built once, not at every step.
+                inputs = {**self._step, "input_ids": self._last, "attention_mask": mask}
+                if inputs.get("position_ids") is not None:
+                    inputs["position_ids"] = inputs["position_ids"] + 1  # (B, 1)
+            self._step = inputs
             logits = self.model(**inputs).logits[:, -1]  # (B, V)
         except Exception as exc:
             for row in rows:
@@ -360,10 +373,17 @@ class Engine:
         if len(keep) == len(self._rows):
             return
         if not keep:
-            self._rows, self._cache, self._mask, self._last = [], None, None, None
+            self._rows, self._cache, self._mask, self._last, self._step = [], None, None, None, None
             return
         index = torch.tensor(keep, device=self.device)
         self._cache.batch_select_indices(index)
+        if self._step is not None:
+            step = dict(self._step)
+            if step.get(KWARG) is not None:
+                step[KWARG] = _select_prompts(step[KWARG], index)
+            if step.get("position_ids") is not None:
+                step["position_ids"] = step["position_ids"][index]
+            self._step = step
         self._mask, self._last = self._mask[index], self._last[index]
         self._rows = [self._rows[i] for i in keep]
         start = int(self._mask.any(0).long().argmax())  # the first column a row still attends to
@@ -404,6 +424,17 @@ class Engine:
     def _report(self, kind: str, rows: int, tokens: int) -> None:
         if self.on_step is not None:
             self.on_step(kind, rows, tokens)
+
+
+def _select_prompts(prompts: Prompts, index: torch.Tensor) -> Prompts:
+    """The prefixes of rows `index` of a call's prompts (a prefix shared by every row stays as it is)."""
+
+    def rows(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return tensor if tensor is None or tensor.shape[0] == 1 else tensor[index]
+
+    return Prompts({module: dataclasses.replace(prefix, key=rows(prefix.key), value=rows(prefix.value),
+                                                mask=rows(prefix.mask), positions=rows(prefix.positions))
+                    for module, prefix in prompts.prefixes.items()})
 
 
 def _check_layers(cache: DynamicCache) -> None:
