@@ -213,9 +213,6 @@ class Engine:
             self._retiring.add(task)
         self._wake.set()
 
-    def retiring(self, task: str) -> bool:
-        return task in self._retiring
-
     # -- the engine's thread -------------------------------------------------------------------
     def _loop(self) -> None:
         with torch.no_grad():
