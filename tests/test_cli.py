@@ -299,3 +299,20 @@ def test_a_bug_shows_its_traceback(files: dict[str, Path], tmp_path: Path, monke
     monkeypatch.setattr("softprompt.train.Trainer.step", broken)
     with pytest.raises(ValueError, match="a bug deep inside"):
         cli.main(["train", "--model", str(files["bert"]), "--data", str(files["train"]), "--out", str(tmp_path / "r")])
+
+
+def test_serve_takes_a_repeated_prompt_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    from softprompt import serve as serving
+
+    got: dict = {}
+
+    def fake(**kwargs) -> None:
+        got.update(kwargs)
+
+    fake.__signature__ = inspect.signature(serving.serve)  # type: ignore[attr-defined]
+    fake.__doc__, fake.__annotations__ = serving.serve.__doc__, serving.serve.__annotations__
+    monkeypatch.setitem(cli.COMMANDS, "serve", fake)
+    assert cli.main(["serve", "--model", "m", "--prompt", "a=runs/a", "--prompt", "b=runs/b", "--max-batch-size", "4"]) == 0
+    assert got["prompt"] == ["a=runs/a", "b=runs/b"] and got["max_batch_size"] == 4

@@ -18,6 +18,7 @@ import json
 import re
 import sys
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from .inspect import describe, nearest_table
 from .peft_format import is_peft_folder
 from .inspect import nearest as nearest_tokens
 from .models import load_model
+from .serve import serve
 from .train import TrainArgs, field_docs, fit, method_options, read_data, say
 from .train import train as run_training
 
@@ -167,6 +169,7 @@ def demo(*, out: str = "runs/demo", examples: int = 2000, epochs: int = 1, lr: f
 
 COMMANDS: dict[str, Callable[..., None]] = {
     "train": train, "eval": evaluate_run, "generate": generate, "inspect": inspect_run, "demo": demo,
+    "serve": serve,
 }
 
 
@@ -257,12 +260,22 @@ def build_parser() -> ArgumentParser:
 
 
 def _normalize(argv: list[str]) -> list[str]:
-    """--text-field -> --text_field (the flag's name only, never its value)."""
+    """--text-field -> --text_field (the flag's name only, never its value); a list flag given again appends.
+
+    A command's list-typed option is repeated on the command line (``--prompt a=x --prompt b=y``),
+    which jsonargparse spells ``--prompt+``.
+    """
+    function = COMMANDS.get(argv[0]) if argv else None
+    lists = set()
+    if function is not None and function is not train:
+        hints = typing.get_type_hints(function)
+        lists = {name for name, hint in hints.items() if list in (typing.get_origin(hint), *map(typing.get_origin, typing.get_args(hint)))}
     out = []
     for token in argv:
         if token.startswith("--") and len(token) > 2:
             name, sep, value = token[2:].partition("=")
-            token = "--" + name.replace("-", "_") + sep + value
+            name = name.replace("-", "_")
+            token = "--" + name + ("+" if name in lists else "") + sep + value
         out.append(token)
     return out
 

@@ -1,0 +1,383 @@
+"""`softprompt serve` over loopback: the official openai client against the completions and chat endpoints,
+raw HTTP for the rest. A greedy answer is the one `softprompt generate` prints, whatever shares its batch."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import httpx2 as httpx
+import openai
+import pytest
+import torch
+
+from softprompt import cli
+from softprompt.data import Example
+from softprompt.models import load_model
+from softprompt.serve import Server, parse_prompts
+
+import _serving
+from _serving import paused, serving, wait_for
+
+TEXTS = ["name : acme | food : good", "the movie was very bad", "john lives in paris", "a place", "the film is good",
+         "acme works at paris", "food : poor | area : city", "great film"]
+GENERATING = ["e2e", "data2text", "names"]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    """(base model folder, {run name: run folder}) on the tiny GPT-2."""
+    return _serving.gpt2_runs(tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.fixture(scope="module")
+def server(gpt2):
+    model, runs = gpt2
+    base, tokenizer = load_model(str(model))
+    server = Server(base, tokenizer, "gpt2", max_batch_size=16)
+    for name, folder in runs.items():
+        server.add(name, folder)
+    return server
+
+
+@pytest.fixture(scope="module")
+def url(server):
+    with serving(server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def expected(gpt2):
+    """The in-process answers: `softprompt generate`'s (the run's Collator.predict) and the base model's own generate."""
+    model, runs = gpt2
+    answers = {}
+    for name in [*GENERATING, "sentiment"]:
+        collator = _serving.run_collator(runs[name])
+        for text in TEXTS:
+            answers[name, text] = collator.predict([Example(text=text)], max_new_tokens=10)[0]
+    base, tokenizer = load_model(str(model))
+    for text in TEXTS:
+        batch = tokenizer(text, return_tensors="pt")
+        out = base.generate(**batch, max_new_tokens=10, do_sample=False)
+        answers["gpt2", text] = tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return answers
+
+
+def post(url: str, path: str, body, headers: dict | None = None) -> httpx.Response:
+    content = body if isinstance(body, str) else json.dumps(body)
+    return httpx.post(url + path, content=content, headers={"Content-Type": "application/json", **(headers or {})}, timeout=60)
+
+
+# -- the tasks ------------------------------------------------------------------------------------
+def test_models_lists_every_task_with_its_method_and_use(client):
+    models = {m.id: m.model_dump() for m in client.models.list().data}
+    assert set(models) == {"gpt2", "e2e", "data2text", "names", "sentiment"}
+    assert models["gpt2"]["method"] is None and models["gpt2"]["serves"] == "generate" and models["gpt2"]["chat"]
+    assert (models["e2e"]["method"], models["data2text"]["method"], models["names"]["method"]) == (
+        "prompt-tuning", "prefix-tuning", "p-tuning-v2")
+    assert models["sentiment"]["serves"] == "classify" and models["sentiment"]["labels"] == ["neg", "pos"]
+    assert {m["base_model"] for m in models.values()} == {"gpt2"}
+
+
+def test_sixteen_concurrent_clients_get_the_answers_softprompt_generate_gives(client, server, expected):
+    """3 prompts and the bare model in shared batches: every greedy answer equals the in-process one."""
+    jobs = [(task, text) for text in TEXTS for task in [*GENERATING, "gpt2"]]  # 32 requests
+
+    def ask(job):
+        task, text = job
+        return client.completions.create(model=task, prompt=text, max_tokens=10, temperature=0).choices[0].text
+
+    shared_before = shared_steps(server)
+    with ThreadPoolExecutor(16) as pool:
+        with paused(server.engine):  # the first 16 arrive together; the others join while those decode
+            answering = pool.map(ask, jobs)
+            wait_for(lambda: server.engine.waiting == 16, what="16 queued requests")
+        answers = list(answering)
+    assert answers == [expected[job] for job in jobs]
+    # The prompts change the answers (else rows routed to the wrong task could go unseen) ...
+    assert all(len({expected[task, text] for task in [*GENERATING, "gpt2"]}) >= 3 for text in TEXTS)
+    # ... and rows did share forwards.
+    assert shared_steps(server) > shared_before
+
+
+def shared_steps(server) -> float:
+    """Decoding steps that held two rows or more."""
+    sample = server.metrics.registry.get_sample_value
+    return (sample("softprompt_batch_rows_count", {"kind": "decode"}) or 0) - (
+        sample("softprompt_batch_rows_bucket", {"kind": "decode", "le": "1.0"}) or 0)
+
+
+def test_the_answer_is_the_one_the_generate_command_prints(gpt2, client, capsys):
+    _, runs = gpt2
+    for task in GENERATING:
+        assert cli.main(["generate", "--prompt", str(runs[task]), "--max-new-tokens", "10", TEXTS[0]]) == 0
+        printed = capsys.readouterr().out.rstrip("\n")
+        served = client.completions.create(model=task, prompt=TEXTS[0], max_tokens=10, temperature=0).choices[0].text
+        assert served == printed
+
+
+def test_a_stream_sends_the_same_text_in_pieces_with_usage_last(client):
+    whole = client.completions.create(model="names", prompt=TEXTS[1], max_tokens=10, temperature=0)
+    chunks = list(client.completions.create(model="names", prompt=TEXTS[1], max_tokens=10, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    assert len([c for c in chunks if c.choices and c.choices[0].text]) > 1
+
+
+def test_usage_counts_the_input_and_generated_tokens(client, gpt2):
+    collator = _serving.run_collator(gpt2[1]["e2e"])
+    for text in TEXTS[:4]:
+        ids = collator._source_ids(Example(text=text))
+        with torch.no_grad():
+            new = collator.pm.generate(input_ids=torch.tensor([ids]), max_new_tokens=5, do_sample=False)[0, len(ids):]
+        out = client.completions.create(model="e2e", prompt=text, max_tokens=5, temperature=0)
+        assert out.usage.prompt_tokens == len(ids)  # the real tokens (text and separator), not the soft ones
+        assert out.usage.completion_tokens == len(new)  # the stop token included, as generate returns it
+        assert out.usage.total_tokens == len(ids) + len(new)
+
+
+def test_a_list_of_prompts_gets_one_choice_each(client, expected):
+    out = client.completions.create(model="data2text", prompt=TEXTS[:3], max_tokens=10, temperature=0)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert [c.text for c in out.choices] == [expected["data2text", t] for t in TEXTS[:3]]
+
+
+def test_a_stop_string_ends_the_text_before_it(client, server):
+    server.engine.eos, eos = set(), server.engine.eos  # let the row run long enough to meet the stop string
+    try:
+        full = client.completions.create(model="gpt2", prompt=TEXTS[2], max_tokens=30, temperature=0).choices[0].text
+        words = full.split()
+        stop = words[len(words) // 2]
+        cut = client.completions.create(model="gpt2", prompt=TEXTS[2], max_tokens=30, temperature=0, stop=[stop, "zzz"])
+        streamed = client.completions.create(model="gpt2", prompt=TEXTS[2], max_tokens=30, temperature=0, stop=stop,
+                                             stream=True)
+        pieces = [c.choices[0] for c in streamed]
+    finally:
+        server.engine.eos = eos
+    assert cut.choices[0].text == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < 30
+    assert "".join(p.text for p in pieces) == cut.choices[0].text and pieces[-1].finish_reason == "stop"
+
+
+def test_sampling_with_a_seed_repeats_and_other_seeds_differ(client):
+    def sample(seed):
+        return client.completions.create(model="e2e", prompt=TEXTS[4], max_tokens=12, temperature=1.5, top_p=0.95,
+                                         seed=seed).choices[0].text
+    first = sample(3)
+    assert sample(3) == first
+    assert len({first, sample(4), sample(5), sample(6)}) > 1
+
+
+def test_chat_completions_apply_the_chat_template(client, server):
+    messages = [{"role": "user", "content": "the movie was good"}]
+    tokenizer = server.tokenizer
+    ids = tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+                    add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = server.pm.base_model.generate(**ids, max_new_tokens=8, do_sample=False)
+    want = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    chat = client.chat.completions.create(model="gpt2", messages=messages, max_tokens=8, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content == want
+    assert chat.usage.prompt_tokens == ids["input_ids"].shape[1]
+    stream = list(client.chat.completions.create(model="gpt2", messages=messages, max_tokens=8, temperature=0, stream=True))
+    assert stream[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == want
+    prompted = client.chat.completions.create(model="names", messages=messages, max_tokens=8, temperature=0)
+    assert prompted.model == "names"
+
+
+def test_classify_gives_the_runs_label_and_scores_per_text(url, expected):
+    reply = post(url, "/v1/classify", {"model": "sentiment", "input": TEXTS[:4]})
+    assert reply.status_code == 200, reply.text
+    rows = reply.json()["data"]
+    assert [r["label"] for r in rows] == [expected["sentiment", t] for t in TEXTS[:4]]
+    for row in rows:
+        assert set(row["scores"]) == {"neg", "pos"} and abs(sum(row["scores"].values()) - 1) < 1e-5
+        assert row["label"] == max(row["scores"], key=row["scores"].get)
+    assert post(url, "/v1/classify", {"model": "sentiment", "input": "great film"}).json()["data"][0]["index"] == 0
+
+
+# -- bad input --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("body", "status", "says"), [
+    ("{not json", 400, "not valid JSON"),
+    ({"model": "e2e", "prompt": 5}, 400, "prompt: Input should be a valid string"),
+    ({"model": "e2e", "prompt": "a", "max_tokens": "5"}, 400, "max_tokens: Input should be a valid integer"),
+    ({"model": "e2e", "prompt": "a", "max_tokens": 0}, 400, "max_tokens: Input should be greater than or equal to 1"),
+    ({"model": "e2e", "prompt": "a", "max_tokens": 1000}, 400, "ask for at most"),
+    ({"model": "e2e", "prompt": "a", "max_token": 5}, 400, "max_token: Extra inputs are not permitted"),
+    ({"model": "e2e", "prompt": "a", "temperature": 3}, 400, "temperature: Input should be less than or equal to 2"),
+    ({"model": "e2e"}, 400, "prompt: Field required"),
+    ({"model": "e2e", "prompt": " ".join(["good"] * 40)}, 400, "takes at most 16 (half its run's max_length 32)"),
+    ({"model": "gpt2", "prompt": " ".join(["good"] * 130)}, 400, "but the model has 128"),
+    ({"model": "nope", "prompt": "a"}, 404, "model 'nope' is not served here"),
+    ({"model": "sentiment", "prompt": "a"}, 400, "POST /v1/classify"),
+])
+def test_bad_completion_requests_get_a_one_line_error(url, body, status, says):
+    reply = post(url, "/v1/completions", body)
+    assert reply.status_code == status, reply.text
+    message = reply.json()["error"]["message"]
+    assert says in message and "\n" not in message
+
+
+def test_classify_refuses_generation_tasks_and_long_inputs(url):
+    assert "POST /v1/completions" in post(url, "/v1/classify", {"model": "e2e", "input": "a"}).json()["error"]["message"]
+    long = post(url, "/v1/classify", {"model": "sentiment", "input": " ".join(["good"] * 40)})
+    assert long.status_code == 400 and "takes at most 32" in long.json()["error"]["message"]
+
+
+def test_the_openai_client_sees_the_errors_as_its_own(client):
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.completions.create(model="nope", prompt="a")
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="e2e", prompt="a", max_tokens=0)
+
+
+def test_a_full_queue_answers_429_with_retry_after(gpt2):
+    model, runs = gpt2
+    base, tokenizer = load_model(str(model))
+    server = Server(base, tokenizer, "gpt2", max_batch_size=1, max_queue=2)
+    with serving(server) as url, paused(server.engine):
+        first = post_async(url, {"model": "gpt2", "prompt": "a place", "max_tokens": 2})
+        second = post_async(url, {"model": "gpt2", "prompt": "a place", "max_tokens": 2})
+        wait_for(lambda: server.engine.waiting == 2, what="two queued rows")
+        third = post(url, "/v1/completions", {"model": "gpt2", "prompt": "a place", "max_tokens": 2})
+    assert third.status_code == 429 and third.headers["Retry-After"] == "1"
+    assert "busy" in third.json()["error"]["message"]
+    assert first.result().status_code == 200 and second.result().status_code == 200
+
+
+def post_async(url: str, body: dict):
+    return ThreadPoolExecutor(1).submit(post, url, "/v1/completions", body)
+
+
+def test_the_api_key_guards_every_v1_route(gpt2):
+    model, runs = gpt2
+    base, tokenizer = load_model(str(model))
+    server = Server(base, tokenizer, "gpt2", api_key="s3cret")
+    with serving(server) as url:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            reply = post(url, "/v1/completions", "{not even json", headers)
+            assert reply.status_code == 401 and reply.headers["WWW-Authenticate"] == "Bearer"
+            assert "API key" in reply.json()["error"]["message"]
+            assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 401
+            assert post(url, "/v1/prompts", {"name": "x", "path": str(runs["e2e"])}, headers).status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+        assert good.completions.create(model="gpt2", prompt="a place", max_tokens=2).choices
+        assert httpx.get(f"{url}/health").status_code == 200  # health, metrics and the page stay open
+
+
+# -- streams, prompts, health -------------------------------------------------------------------------
+def test_a_client_that_leaves_mid_stream_frees_its_row(url, server):
+    server.engine.eos, eos = set(), server.engine.eos  # the row would run its 100 tokens unless cancelled
+    cancelled = cancellations(server)
+    try:
+        address = urlsplit(url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        body = json.dumps({"model": "names", "prompt": "a place", "max_tokens": 100, "temperature": 0, "stream": True})
+        with paused(server.engine):  # hold the row so it is certainly running when the client leaves
+            connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            wait_for(lambda: server.engine.waiting == 1, what="the queued row")
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.read(6) == b"data: "  # the first token's chunk
+        connection.sock.close()  # the client goes away with 99 tokens to come
+        connection.close()
+        wait_for(lambda: cancellations(server) == cancelled + 1, what="the cancellation")
+        wait_for(lambda: server.engine.active == 0, what="an empty batch")
+    finally:
+        server.engine.eos = eos
+
+
+def cancellations(server) -> float:
+    return server.metrics.registry.get_sample_value("softprompt_rows_finished_total", {"reason": "cancelled"}) or 0
+
+
+def test_prompts_load_and_unload_while_serving(url, gpt2, server, expected, tmp_path):
+    _, runs = gpt2
+    added = post(url, "/v1/prompts", {"name": "e2e-copy", "path": str(runs["e2e"])})
+    assert added.status_code == 201, added.text
+    assert added.json()["id"] == "e2e-copy" and added.json()["method"] == "prompt-tuning"
+    answer = post(url, "/v1/completions", {"model": "e2e-copy", "prompt": TEXTS[0], "max_tokens": 10, "temperature": 0})
+    assert answer.json()["choices"][0]["text"] == expected["e2e", TEXTS[0]]
+    assert post(url, "/v1/prompts", {"name": "e2e-copy", "path": str(runs["e2e"])}).status_code == 409
+    missing = post(url, "/v1/prompts", {"name": "other", "path": str(tmp_path / "nowhere")})
+    assert missing.status_code == 400 and "no such folder" in missing.json()["error"]["message"]
+    bert = post(url, "/v1/prompts", {"name": "other", "path": str(_serving.bert_runs(tmp_path)[1]["polarity"])})
+    assert bert.status_code == 400 and "another base model" in bert.json()["error"]["message"]
+
+    # Unloading: requests already taken finish; new ones get 404; the prompt leaves the model after.
+    key = server.tasks["e2e-copy"].key
+    with paused(server.engine):
+        running = post_async(url, {"model": "e2e-copy", "prompt": TEXTS[0], "max_tokens": 10, "temperature": 0})
+        wait_for(lambda: server.engine.waiting == 1, what="the queued row")
+        deleted = httpx.delete(f"{url}/v1/prompts/e2e-copy")
+        assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+        assert post(url, "/v1/completions", {"model": "e2e-copy", "prompt": "a"}).status_code == 404
+        assert key in server.pm.tasks
+    assert running.result().json()["choices"][0]["text"] == expected["e2e", TEXTS[0]]
+    wait_for(lambda: key not in server.pm.tasks, what="the prompt to leave the model")
+    assert httpx.delete(f"{url}/v1/prompts/e2e-copy").status_code == 404
+    assert httpx.delete(f"{url}/v1/prompts/gpt2").status_code == 400  # the base model itself
+
+
+def test_health_metrics_and_the_page(url, client):
+    client.completions.create(model="e2e", prompt="a place", max_tokens=3, temperature=0)
+    health = httpx.get(f"{url}/health").json()
+    assert health["status"] == "ok" and health["models"] >= 5
+    metrics = httpx.get(f"{url}/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ("softprompt_requests_total{route=\"/v1/completions\",status=\"200\"}", "softprompt_queue_length",
+                 "softprompt_active_rows", "softprompt_batch_rows_bucket", "softprompt_generated_tokens_total",
+                 "softprompt_tokens_per_second"):
+        assert name in metrics.text
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and "softprompt playground" in page.text
+
+
+# -- encoders ---------------------------------------------------------------------------------------
+def test_an_encoder_serves_classification_and_tagging(tmp_path):
+    model, runs = _serving.bert_runs(tmp_path)
+    base, tokenizer = load_model(str(model))
+    server = Server(base, tokenizer, str(model))
+    for name, folder in runs.items():
+        server.add(name, folder)
+    assert set(server.tasks) == {"polarity", "ner"}  # an encoder is not served bare: it cannot generate
+    texts = ["john lives in paris", "the film is good", "john works at acme"]
+    with serving(server) as url:
+        polarity = post(url, "/v1/classify", {"model": "polarity", "input": texts}).json()["data"]
+        ner = post(url, "/v1/classify", {"model": "ner", "input": texts}).json()["data"]
+        refused = post(url, "/v1/completions", {"model": "polarity", "prompt": "a"})
+    for name, rows in (("polarity", polarity), ("ner", ner)):
+        collator = _serving.run_collator(runs[name])
+        predicted = collator.predict([Example(text=t, tokens=t.split()) for t in texts])
+        assert [r.get("label", r.get("tags")) for r in rows] == predicted
+    assert ner[0]["words"] == texts[0].split() and len(ner[0]["tags"]) == 4
+    assert refused.status_code == 400
+
+
+def test_prompt_flags_parse_repeated_and_comma_separated():
+    assert parse_prompts(["a=runs/a", "b=runs/b,c=x"]) == {"a": "runs/a", "b": "runs/b", "c": "x"}
+    assert parse_prompts("a=runs/a") == {"a": "runs/a"}
+    with pytest.raises(ValueError, match="expected NAME=FOLDER"):
+        parse_prompts(["runs/a"])
+    with pytest.raises(ValueError, match="given twice"):
+        parse_prompts(["a=x", "a=y"])
+
+
+def test_serve_is_a_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("--model", "--prompt", "--host", "--port", "--api-key", "--max-batch-size", "--max-queue"):
+        assert flag.replace("-", "_").replace("__", "--") in help_text  # help spells flags with underscores
