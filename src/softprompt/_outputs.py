@@ -65,6 +65,20 @@ def label_logits(words: list[torch.Tensor | None], logits: torch.Tensor, where: 
     return out
 
 
+def pool(hidden: torch.Tensor, mask: torch.Tensor, kinds: list[str]) -> torch.Tensor:
+    """(B, T, H) -> (B, H): each row pooled its way: first real token, last real token, or mean of the real ones."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    pooled = hidden[rows, last_real(mask)]
+    if "first" in kinds:
+        first = hidden[rows, mask.long().argmax(-1)]
+        pooled = torch.where(torch.tensor([k == "first" for k in kinds], device=hidden.device)[:, None], first, pooled)
+    if "mean" in kinds:
+        weights = mask.to(hidden.dtype)[..., None]  # (B, T, 1)
+        mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        pooled = torch.where(torch.tensor([k == "mean" for k in kinds], device=hidden.device)[:, None], mean, pooled)
+    return pooled
+
+
 def head_forward(base: Base, tasks: nn.ModuleDict, names: list[str], inputs: dict, assembled: Assembled | None,
                  labels: torch.Tensor | None, attention_mask: torch.Tensor | None):
     """Each row's fresh head on the backbone's hidden states (pooled for sequence classification)."""
@@ -74,8 +88,7 @@ def head_forward(base: Base, tasks: nn.ModuleDict, names: list[str], inputs: dic
     kind = tasks[names[0]].config.head
     if kind == "sequence-classification":
         mask = attention_mask if attention_mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)
-        where = mask.long().argmax(-1) if base.family.pool == "first" else last_real(mask)
-        hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), where]  # (B, H)
+        hidden = pool(hidden, mask, [base.pooling(tasks[n].config.pooling) for n in names])  # (B, H)
     width = max(tasks[n].config.num_labels for n in names)
     logits = hidden.new_full((*hidden.shape[:-1], width), float("-inf"), dtype=torch.float32)
     for name in dict.fromkeys(names):

@@ -7,7 +7,9 @@ a method picked; its parameters and buffers are the task's whole trainable state
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,6 +31,7 @@ class Base:
         self.layout = self.family.layout
         self.stacks = {} if self.family.prefix_unsupported else attention_stacks(model)
         self.hidden_size = model.get_input_embeddings().embedding_dim
+        self._declared_pooling = declared_pooling(getattr(model, "name_or_path", "") or "")
         self._weights = list(model.parameters())  # listed once: walking the modules per call costs ~0.5 ms
         self.loading = False  # rebuilding a saved task: skip initializers, the checkpoint fills the values
 
@@ -102,6 +105,12 @@ class Base:
             shapes[stack] = (stop - start, shape.kv_heads, shape.head_dim)
         return shapes
 
+    def pooling(self, choice: str) -> str:
+        """The pooling `choice` ("auto" or a kind) resolved for this model: first, last or mean."""
+        if choice != "auto":
+            return choice
+        return self._declared_pooling or self.family.pool
+
     def begin_ids(self) -> list[int]:
         """The special tokens the tokenizer puts before a text ([] without a tokenizer)."""
         return self.special_tokens()[0] if self.tokenizer is not None else []
@@ -160,6 +169,22 @@ class Base:
             repeat = -(-num_tokens // layers.shape[3])
             result[stack] = layers.repeat(1, 1, 1, repeat, 1)[:, :, :, :num_tokens]
         return result
+
+
+def declared_pooling(folder: str) -> str | None:
+    """The pooling a sentence-transformers model folder declares (1_Pooling/config.json): first, mean or None."""
+    path = Path(folder) / "1_Pooling" / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if config.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if config.get("pooling_mode_cls_token"):
+        return "first"
+    if config.get("pooling_mode_lasttoken"):
+        return "last"
+    return None
 
 
 def render_plain(fields: dict[str, str], base: Base, max_length: int | None = None) -> list[int]:

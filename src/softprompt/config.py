@@ -39,8 +39,14 @@ class TaskConfig:
     """Verbalizer: one word per class, scored by the LM head at [MASK] (masked LM) or as the next token."""
     head_dropout: float = 0.1
     """Dropout before the fresh head."""
+    pooling: Literal["auto", "first", "last", "mean"] = "auto"
+    """What a sequence-classification head reads: the first real token ([CLS]), the last real token, or the
+    mean over the real tokens; auto: the model's own pooling where it declares one (a sentence-transformers
+    folder's 1_Pooling/config.json), else [CLS] for encoders and the last real token for decoders."""
 
     def __post_init__(self) -> None:
+        if self.pooling not in ("auto", "first", "last", "mean"):
+            raise ConfigError(f"pooling={self.pooling!r}; use auto, first, last or mean")
         if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
             raise ConfigError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
         if self.head is not None and self.head not in ("sequence-classification", "token-classification"):
