@@ -195,6 +195,99 @@ def test_chat_completions_apply_the_chat_template(client, server):
     assert prompted.model == "names"
 
 
+def test_a_stream_is_framed_as_openai_sends_it(url):
+    """Each event one `data: JSON` line and a blank line; with include_usage, "usage": null on every chunk but
+    the last, which has no choices and the usage; then `data: [DONE]`."""
+    for path, body in (("/v1/completions", {"model": "names", "prompt": TEXTS[1]}),
+                       ("/v1/chat/completions", {"model": "gpt2", "messages": [{"role": "user", "content": TEXTS[1]}]})):
+        body = {**body, "max_tokens": 6, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", url + path, json=body, timeout=60) as reply:
+            assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
+            raw = reply.read().decode()
+        assert raw.endswith("\n\n") and "\r" not in raw
+        events = raw[:-2].split("\n\n")
+        assert all(e.startswith("data: ") and "\n" not in e for e in events)
+        assert events[-1] == "data: [DONE]"
+        chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+        assert len({c["id"] for c in chunks}) == 1
+        assert all(c["usage"] is None and len(c["choices"]) == 1 for c in chunks[:-1])
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+        assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    plain = httpx.post(url + "/v1/completions", json={"model": "names", "prompt": "a", "max_tokens": 2, "stream": True},
+                       timeout=60).text
+    assert '"usage"' not in plain and plain.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(("path", "extra", "says"), [
+    ("/v1/completions", {"logprobs": 2}, "logprobs is not supported"),
+    ("/v1/completions", {"logprobs": 0}, "logprobs is not supported"),
+    ("/v1/completions", {"echo": True}, "echo is not supported"),
+    ("/v1/completions", {"best_of": 3}, "best_of is not supported"),
+    ("/v1/completions", {"suffix": "x"}, "suffix is not supported"),
+    ("/v1/completions", {"logit_bias": {"5": 10}}, "logit_bias is not supported"),
+    ("/v1/completions", {"frequency_penalty": 0.5}, "frequency_penalty is not supported"),
+    ("/v1/completions", {"presence_penalty": -1}, "presence_penalty is not supported"),
+    ("/v1/completions", {"stream_options": {"include_usage": True}}, "stream_options is only allowed with"),
+    ("/v1/chat/completions", {"logprobs": True}, "logprobs is not supported"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools is not supported"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format is not supported"),
+    ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+])
+def test_openai_parameters_the_server_lacks_are_a_400_naming_them(url, path, extra, says):
+    body = {"model": "gpt2", "max_tokens": 2, **({"prompt": "a"} if path == "/v1/completions" else
+                                                 {"messages": [{"role": "user", "content": "a"}]}), **extra}
+    reply = post(url, path, body)
+    assert reply.status_code == 400, reply.text
+    assert says in reply.json()["error"]["message"]
+
+
+def test_openai_parameters_at_their_neutral_values_are_taken(client):
+    """What clients send by default (null logprobs, zero penalties, best_of 1) asks for nothing and is accepted."""
+    plain = client.completions.create(model="e2e", prompt=TEXTS[0], max_tokens=6, temperature=0).choices[0].text
+    same = client.completions.create(model="e2e", prompt=TEXTS[0], max_tokens=6, temperature=0, echo=False, best_of=1,
+                                     frequency_penalty=0, presence_penalty=0.0, logit_bias={},
+                                     extra_body={"logprobs": None})
+    assert same.choices[0].text == plain
+    chat = client.chat.completions.create(model="gpt2", messages=[{"role": "user", "content": "a"}], max_tokens=2,
+                                          logprobs=False, frequency_penalty=0, tool_choice="none")
+    assert chat.choices[0].message.role == "assistant"
+
+
+def test_n_gives_n_choices_per_prompt_in_openais_order(client, expected):
+    greedy = client.completions.create(model="data2text", prompt=TEXTS[:2], max_tokens=10, temperature=0, n=3)
+    assert [c.index for c in greedy.choices] == list(range(6))
+    assert [c.text for c in greedy.choices] == [expected["data2text", t] for t in TEXTS[:2] for _ in range(3)]
+    alone = client.completions.create(model="data2text", prompt=TEXTS[:2], max_tokens=10, temperature=0)
+    assert greedy.usage.prompt_tokens == alone.usage.prompt_tokens  # the prompts are counted once, as OpenAI does
+
+    def sample():
+        return [c.text for c in client.completions.create(model="e2e", prompt=TEXTS[4], max_tokens=12, temperature=1.5,
+                                                          seed=3, n=4).choices]
+    first = sample()
+    assert sample() == first and len(set(first)) > 1  # each choice its own draw, the same ones again for the seed
+    single = client.completions.create(model="e2e", prompt=TEXTS[4], max_tokens=12, temperature=1.5, seed=3).choices
+    assert single[0].text == first[0]
+    chat = client.chat.completions.create(model="gpt2", messages=[{"role": "user", "content": "a"}], max_tokens=4,
+                                          temperature=0, n=2)
+    assert [c.index for c in chat.choices] == [0, 1] and chat.choices[0].message.content == chat.choices[1].message.content
+    streamed = list(client.chat.completions.create(model="gpt2", messages=[{"role": "user", "content": "a"}],
+                                                   max_tokens=4, temperature=0, n=2, stream=True))
+    for i in (0, 1):
+        mine = [c.choices[0] for c in streamed if c.choices[0].index == i]
+        assert mine[0].delta.role == "assistant"
+        assert "".join(c.delta.content or "" for c in mine) == chat.choices[i].message.content
+
+
+def test_chat_takes_text_parts_and_the_developer_role(client):
+    plain = [{"role": "system", "content": "be good"}, {"role": "user", "content": "the movie was good"}]
+    parts = [{"role": "developer", "content": "be good"},
+             {"role": "user", "content": [{"type": "text", "text": "the movie"}, {"type": "text", "text": "was good"}]}]
+    plain[1]["content"] = "the movie\nwas good"  # parts are joined by a line break
+    answers = [client.chat.completions.create(model="gpt2", messages=m, max_tokens=6, temperature=0) for m in (plain, parts)]
+    assert answers[0].choices[0].message.content == answers[1].choices[0].message.content
+    assert answers[0].usage.prompt_tokens == answers[1].usage.prompt_tokens
+
+
 def test_classify_gives_the_runs_label_and_scores_per_text(url, expected):
     reply = post(url, "/v1/classify", {"model": "sentiment", "input": TEXTS[:4]})
     assert reply.status_code == 200, reply.text
@@ -216,6 +309,9 @@ def test_classify_gives_the_runs_label_and_scores_per_text(url, expected):
     ({"model": "e2e", "prompt": "a", "max_token": 5}, 400, "max_token: Extra inputs are not permitted"),
     ({"model": "e2e", "prompt": "a", "temperature": 3}, 400, "temperature: Input should be less than or equal to 2"),
     ({"model": "e2e"}, 400, "prompt: Field required"),
+    ({"model": "e2e", "prompt": ""}, 400, "prompt is empty"),
+    ({"model": "e2e", "prompt": []}, 400, "prompt is empty"),
+    ({"model": "e2e", "prompt": "a", "n": 0}, 400, "n: Input should be greater than or equal to 1"),
     ({"model": "e2e", "prompt": " ".join(["good"] * 40)}, 400, "takes at most 16 (half its run's max_length 32)"),
     ({"model": "gpt2", "prompt": " ".join(["good"] * 130)}, 400, "but the model has 128"),
     ({"model": "nope", "prompt": "a"}, 404, "model 'nope' is not served here"),
@@ -253,6 +349,22 @@ def test_a_full_queue_answers_429_with_retry_after(gpt2):
     assert third.status_code == 429 and third.headers["Retry-After"] == "1"
     assert "busy" in third.json()["error"]["message"]
     assert first.result().status_code == 200 and second.result().status_code == 200
+    with serving(server) as url:  # more rows than the queue ever holds: retrying cannot help, so a 400
+        big = post(url, "/v1/completions", {"model": "gpt2", "prompt": "a place", "max_tokens": 2, "n": 3})
+    assert big.status_code == 400 and "queues at most 2" in big.json()["error"]["message"]
+
+
+def test_a_stopping_server_answers_503_with_retry_after(gpt2):
+    model, _ = gpt2
+    base, tokenizer = load_model(str(model))
+    server = Server(base, tokenizer, "gpt2")
+    with serving(server) as url:
+        server.engine.stop()  # what the lifespan does on SIGTERM once the connections are done
+        reply = post(url, "/v1/completions", {"model": "gpt2", "prompt": "a place", "max_tokens": 2})
+        health = httpx.get(f"{url}/health")
+    assert reply.status_code == 503 and reply.headers["Retry-After"] == "5"
+    assert "shutting down" in reply.json()["error"]["message"]
+    assert health.status_code == 503 and health.json()["status"] == "engine stopped"
 
 
 def post_async(url: str, body: dict):
@@ -260,21 +372,31 @@ def post_async(url: str, body: dict):
 
 
 def test_the_api_key_guards_every_v1_route(gpt2):
+    from softprompt._http import create_app
+
     model, runs = gpt2
     base, tokenizer = load_model(str(model))
     server = Server(base, tokenizer, "gpt2", api_key="s3cret")
+    server.add("e2e", runs["e2e"])
+    # Every route of the app under /v1, whatever its method: none answers without the key.
+    routes = [(method, route.path.replace("{name:path}", "e2e")) for route in create_app(server).routes
+              if route.path.startswith("/v1") for method in getattr(route, "methods", ())]
+    assert {path for _, path in routes} == {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/classify",
+                                            "/v1/prompts", "/v1/prompts/e2e"}
     with serving(server) as url:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
-            reply = post(url, "/v1/completions", "{not even json", headers)
-            assert reply.status_code == 401 and reply.headers["WWW-Authenticate"] == "Bearer"
-            assert "API key" in reply.json()["error"]["message"]
-            assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 401
-            assert post(url, "/v1/prompts", {"name": "x", "path": str(runs["e2e"])}, headers).status_code == 401
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}, {"Authorization": "Basic s3cret"}):
+            for method, path in routes:
+                reply = httpx.request(method, url + path, content="{not even json", headers=headers, timeout=30)
+                assert reply.status_code == 401, (method, path, headers, reply.text)
+                assert reply.headers["WWW-Authenticate"] == "Bearer" and "API key" in reply.json()["error"]["message"]
+        assert "e2e" in server.tasks  # the refused DELETE did nothing
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
         good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
         assert good.completions.create(model="gpt2", prompt="a place", max_tokens=2).choices
-        assert httpx.get(f"{url}/health").status_code == 200  # health, metrics and the page stay open
+        assert good.chat.completions.create(model="e2e", messages=[{"role": "user", "content": "a"}], max_tokens=2).choices
+        for path in ("/health", "/metrics", "/"):  # health, metrics and the page stay open
+            assert httpx.get(url + path).status_code == 200
 
 
 # -- streams, prompts, health -------------------------------------------------------------------------
@@ -295,6 +417,25 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(url, server):
         connection.close()
         wait_for(lambda: cancellations(server) == cancelled + 1, what="the cancellation")
         wait_for(lambda: server.engine.active == 0, what="an empty batch")
+    finally:
+        server.engine.eos = eos
+
+
+def test_a_client_that_leaves_before_a_whole_answer_frees_its_row(url, server):
+    server.engine.eos, eos = set(), server.engine.eos
+    cancelled = cancellations(server)
+    try:
+        address = urlsplit(url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        body = json.dumps({"model": "names", "prompt": "a place", "max_tokens": 100, "temperature": 0})
+        with paused(server.engine):
+            connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            wait_for(lambda: server.engine.waiting == 1, what="the queued row")
+            connection.sock.close()  # gone before its first token
+            connection.close()
+        wait_for(lambda: cancellations(server) == cancelled + 1, what="the cancellation")
+        wait_for(lambda: server.engine.active == 0 and server.engine.waiting == 0, what="an empty batch")
+        assert server.metrics.registry.get_sample_value("softprompt_generated_tokens_total") is not None
     finally:
         server.engine.eos = eos
 
@@ -332,15 +473,35 @@ def test_prompts_load_and_unload_while_serving(url, gpt2, server, expected, tmp_
 
 
 def test_health_metrics_and_the_page(url, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    before = httpx.get(f"{url}/metrics").text
     client.completions.create(model="e2e", prompt="a place", max_tokens=3, temperature=0)
+    post(url, "/v1/classify", {"model": "sentiment", "input": ["good", "bad"]})
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["models"] >= 5
+    assert {"active_rows", "waiting_rows"} <= set(health)
     metrics = httpx.get(f"{url}/metrics")
-    assert metrics.headers["content-type"].startswith("text/plain")
-    for name in ("softprompt_requests_total{route=\"/v1/completions\",status=\"200\"}", "softprompt_queue_length",
-                 "softprompt_active_rows", "softprompt_batch_rows_bucket", "softprompt_generated_tokens_total",
-                 "softprompt_tokens_per_second"):
-        assert name in metrics.text
+    assert metrics.headers["content-type"].startswith("text/plain; version=")
+    families = {f.name: f for f in text_string_to_metric_families(metrics.text)}  # Prometheus' own text format parser
+    assert {name: families[name].type for name in (
+        "softprompt_requests", "softprompt_queue_length", "softprompt_active_rows", "softprompt_batch_rows",
+        "softprompt_generated_tokens", "softprompt_tokens_per_second", "softprompt_rows_finished")} == {
+        "softprompt_requests": "counter", "softprompt_queue_length": "gauge", "softprompt_active_rows": "gauge",
+        "softprompt_batch_rows": "histogram", "softprompt_generated_tokens": "counter",
+        "softprompt_tokens_per_second": "gauge", "softprompt_rows_finished": "counter"}
+
+    def value(text: str, name: str, **labels) -> float:
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    assert value(metrics.text, "softprompt_requests_total", route="/v1/completions", status="200") == value(
+        before, "softprompt_requests_total", route="/v1/completions", status="200") + 1
+    assert value(metrics.text, "softprompt_generated_tokens_total") - value(before, "softprompt_generated_tokens_total") >= 3
+    assert value(metrics.text, "softprompt_batch_rows_sum", kind="classify") - value(
+        before, "softprompt_batch_rows_sum", kind="classify") == 2
+    assert value(metrics.text, "softprompt_tokens_per_second") > 0  # tokens within the last 10 s
+    assert value(metrics.text, "softprompt_queue_length") == 0 and value(metrics.text, "softprompt_active_rows") == 0
     page = httpx.get(url + "/")
     assert page.status_code == 200 and "softprompt playground" in page.text
 

@@ -26,7 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 
 from ._collate import word_tags
@@ -61,27 +62,78 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+UNSUPPORTED: dict[str, tuple] = {
+    "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
+    "suffix": (None, ""), "logit_bias": (None, {}), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
+    "functions": (None, []), "function_call": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+}
+"""OpenAI parameters this server does not implement, with the values that ask for nothing: those pass, others get 400."""
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    if isinstance(value, bool) or isinstance(neutral, bool):  # False is not 0 here: logprobs=0 asks for something
+        return value is neutral
+    if isinstance(value, (int, float)) and isinstance(neutral, (int, float)):
+        return value == neutral
+    return type(value) is type(neutral) and value == neutral
+
+
+def _refuse_unsupported(values: Any) -> Any:
+    if isinstance(values, dict):
+        for name in list(values):
+            if name in UNSUPPORTED:
+                if not any(_same(values[name], neutral) for neutral in UNSUPPORTED[name]):
+                    raise PydanticCustomError("unsupported", f"{name} is not supported by this server (got "
+                                              f"{json.dumps(values[name])[:60]}); leave it out")
+                del values[name]
+    return values
+
+
 class _Sampling(_Body):
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     """0 is greedy decoding, the answer `softprompt generate` gives."""
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(None, max_length=16)
     seed: int | None = None
+    """Seeds the sampler of the request's first choice; choice j of `n` samples with seed + j."""
+    n: int = Field(1, ge=1, le=64)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1)
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _neutral(cls, values: Any) -> Any:
+        return _refuse_unsupported(dict(values) if isinstance(values, dict) else values)
+
+    @model_validator(mode="after")
+    def _streamed(self):
+        if self.stream_options is not None and not self.stream:
+            raise PydanticCustomError("unsupported", "stream_options is only allowed with \"stream\": true")
+        return self
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(min_length=1)
 
 
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
 class Message(_Body):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"]
+    """developer is OpenAI's newer name for system, and reaches the chat template as system."""
+    content: str | list[TextPart]
+
+    def for_template(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "\n".join(part.text for part in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
 class ChatRequest(_Sampling):
@@ -145,7 +197,10 @@ class TextStream:
 
 
 class _Rows:
-    """One request's rows in the engine; their events come back as (index, text delta, finish reason or None)."""
+    """One request's rows in the engine; their events come back as (index, text delta, finish reason or None).
+
+    Each prompt gets `n` rows, in OpenAI's order: choice i * n + j is the j-th answer to prompt i.
+    """
 
     def __init__(self, server: Server, served: Served, ids: list[list[int]], max_tokens: int, body: _Sampling,
                  strip: bool) -> None:
@@ -153,22 +208,18 @@ class _Rows:
         self.server = server
         self.events: asyncio.Queue = asyncio.Queue()
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        self.texts = [TextStream(server.tokenizer, strip, stops) for _ in ids]
+        every = [(row, j) for row in ids for j in range(body.n)]
+        self.texts = [TextStream(server.tokenizer, strip, stops) for _ in every]
         self.rows = [Generation(served.key, row, max_tokens, partial(self._emit, loop, i), body.temperature, body.top_p,
-                                body.seed) for i, row in enumerate(ids)]
-        self.prompt_tokens = sum(len(row) for row in ids)
-        self.reasons: list[str | None] = [None] * len(ids)
+                                None if body.seed is None else body.seed + j) for i, (row, j) in enumerate(every)]
+        self.prompt_tokens = sum(len(row) for row in ids)  # each prompt counted once, whatever n is, as OpenAI counts
+        self.reasons: list[str | None] = [None] * len(every)
 
     def _emit(self, loop: asyncio.AbstractEventLoop, index: int, event: str, value: Any) -> None:
         loop.call_soon_threadsafe(self.events.put_nowait, (index, event, value))  # from the engine's thread
 
     def submit(self) -> None:
-        try:
-            self.server.engine.submit(self.rows)
-        except QueueFull as exc:
-            raise ApiError(429, f"the server is busy: {exc}", headers={"Retry-After": "1"}) from None
-        except ShuttingDown as exc:
-            raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from None
+        _submit(self.server, self.rows)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -203,10 +254,41 @@ class _Rows:
         self.reasons[index] = reason
         return reason
 
-    async def collect(self) -> list[str]:
-        async for _ in self.stream():
-            pass
+    async def collect(self, request: Request) -> list[str]:
+        """Every row's whole text; a client that goes away first frees the rows (and gets no answer)."""
+        async def drain() -> None:
+            async for _ in self.stream():
+                pass
+
+        work, gone = asyncio.ensure_future(drain()), asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()  # the stream's own cleanup cancels the rows
+        if work.cancelled():
+            raise ApiError(499, "the client closed the connection before the answer was ready")
+        work.result()  # an error in generation
         return [t.final or "" for t in self.texts]
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body has been read, so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _submit(server: Server, rows: list[Generation] | list[Scoring]) -> None:
+    if len(rows) > server.engine.max_queue:
+        raise ApiError(400, f"the request has {len(rows)} rows (texts times n) but the server queues at most "
+                            f"{server.engine.max_queue}; send fewer in each request")
+    try:
+        server.engine.submit(rows)
+    except QueueFull as exc:
+        raise ApiError(429, f"the server is busy: {exc}", headers={"Retry-After": "1"}) from None
+    except ShuttingDown as exc:
+        raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from None
 
 
 def _sse(data: dict | str) -> str:
@@ -251,6 +333,11 @@ def _authorized(scope, key: str) -> bool:
 
 def _invalid(exc: RequestValidationError) -> str:
     error = exc.errors()[0]
+    if error.get("type") == "unsupported":
+        return error["msg"]
+    if error.get("type") in ("too_short", "string_too_short") and error.get("input") in ("", []):
+        where = ".".join(str(p) for p in error["loc"][1:2])
+        return f"{where} is empty; send at least one {'character' if error['input'] == '' else 'item'}"
     if error.get("type") == "json_invalid":
         return f"the body is not valid JSON ({error.get('ctx', {}).get('error', error['msg'])}); send a JSON object"
     # Union members appear in the location ("prompt.str"); the field is what the caller wrote.
@@ -308,7 +395,7 @@ def create_app(server: Server) -> FastAPI:
         return {"object": "list", "data": [model_entry(s) for s in server.tasks.values()]}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         served = server.lookup(body.model, "generation")
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         ids = [server.completion_ids(served, text) for text in texts]
@@ -319,14 +406,14 @@ def create_app(server: Server) -> FastAPI:
             def chunk(index: int, delta: str, reason: str | None) -> dict:
                 return {**head, "choices": [{"index": index, "text": delta, "finish_reason": reason, "logprobs": None}]}
             return _streaming(rows, chunk, head, body)
-        texts = await rows.collect()
+        texts = await rows.collect(request)
         choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None} for i, (t, r) in enumerate(zip(texts, rows.reasons))]
         return {**head, "choices": choices, "usage": rows.usage}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, request: Request):
         served = server.lookup(body.model, "generation")
-        ids = [server.chat_ids(served, [m.model_dump() for m in body.messages])]
+        ids = [server.chat_ids(served, [m.for_template() for m in body.messages])]
         rows = _Rows(server, served, ids, server.budget(served, ids, body.max_completion_tokens or body.max_tokens), body,
                      strip=False)
         rows.submit()
@@ -337,10 +424,12 @@ def create_app(server: Server) -> FastAPI:
                 return {**head, "object": "chat.completion.chunk",
                         "choices": [{"index": index, "delta": {"content": delta} if delta else {}, "finish_reason": reason}]}
             return _streaming(rows, chunk, {**head, "object": "chat.completion.chunk"}, body,
-                              first={"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
-        texts = await rows.collect()
-        message = {"role": "assistant", "content": texts[0]}
-        return {**head, "choices": [{"index": 0, "message": message, "finish_reason": rows.reasons[0]}], "usage": rows.usage}
+                              first=[{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                                     for i in range(len(rows.rows))])
+        texts = await rows.collect(request)
+        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r}
+                   for i, (t, r) in enumerate(zip(texts, rows.reasons))]
+        return {**head, "choices": choices, "usage": rows.usage}
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest):
@@ -356,12 +445,7 @@ def create_app(server: Server) -> FastAPI:
 
         rows = [Scoring(served.key, ids, lambda result, f=f: loop.call_soon_threadsafe(settle, f, result))
                 for (ids, _, _), f in zip(prepared, futures)]
-        try:
-            server.engine.submit(rows)
-        except QueueFull as exc:
-            raise ApiError(429, f"the server is busy: {exc}", headers={"Retry-After": "1"}) from None
-        except ShuttingDown as exc:
-            raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from None
+        _submit(server, rows)
         try:
             results = await asyncio.gather(*futures)
         except Exception as exc:
@@ -404,17 +488,22 @@ def create_app(server: Server) -> FastAPI:
     return app
 
 
-def _streaming(rows: _Rows, chunk, head: dict, body: _Sampling, first: dict | None = None) -> StreamingResponse:
+def _streaming(rows: _Rows, chunk, head: dict, body: _Sampling, first: list[dict] = ()) -> StreamingResponse:
+    """Server-sent events as OpenAI sends them: a chunk per piece of text, then (with stream_options.include_usage)
+    one with no choices and the usage -- every chunk before it has "usage": null -- then [DONE]."""
+    counted = body.stream_options is not None and body.stream_options.include_usage
+    extra = {"usage": None} if counted else {}
+
     async def events() -> AsyncIterator[str]:
-        if first is not None:
-            yield _sse({**head, "choices": [first]})
+        for choice in first:
+            yield _sse({**head, "choices": [choice], **extra})
         try:
             async for index, delta, reason in rows.stream():
-                yield _sse(chunk(index, delta, reason))
+                yield _sse({**chunk(index, delta, reason), **extra})
         except ApiError as exc:
             yield _sse({"error": {"message": exc.message, "type": exc.kind, "param": None, "code": None}})
             return
-        if body.stream_options is not None and body.stream_options.include_usage:
+        if counted:
             yield _sse({**head, "choices": [], "usage": rows.usage})
         yield _sse("[DONE]")
 
