@@ -114,29 +114,55 @@ def test_peft_adapter_loads_with_equal_outputs(family, peft_type, projection, tm
     )
 
 
+def peft_decoder_prefixes(reference) -> torch.Tensor:
+    """(L, 2, KVH, P, D): what PEFT's own get_prompt puts in each decoder self-attention layer's cache."""
+    cache = reference.get_prompt(batch_size=1).self_attention_cache
+    return torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
+
+
+def encoder_decoder(family: str, layers: int = 2):
+    return build(family, **({"num_layers": layers, "num_decoder_layers": layers} if family == "t5"
+                            else {"encoder_layers": layers, "decoder_layers": layers}))
+
+
+@pytest.mark.parametrize("layers", [2, 3])
 @pytest.mark.parametrize("family", ["t5", "bart"])
-def test_encoder_decoder_prefix_keeps_softprompt_placement(family, tmp_path):
-    """PEFT's encoder-decoder prefix enters the decoder self-attention only, and softprompt keeps it there.
+def test_encoder_decoder_prefix_keeps_softprompt_placement(family, layers, tmp_path):
+    """PEFT's encoder-decoder prefix enters the decoder self-attention only, and softprompt keeps it there,
+    each decoder layer with the keys and values PEFT gives it (table layer 2i mod L).
 
     softprompt then runs it its own way: on T5 the prefix keys get no relative position bias and on
     BART the decoder's real tokens are numbered from 0, where PEFT treats the prefix as P past tokens.
     """
-    reference = saved_peft_adapter(family, peft_config("PREFIX_TUNING", family, projection=False), tmp_path / "a")
-    pm = softprompt.load(build(family), tmp_path / "a").eval()
+    torch.manual_seed(0)
+    model = peft.get_peft_model(encoder_decoder(family, layers), peft_config("PREFIX_TUNING", family, projection=False))
+    with torch.no_grad():
+        model.prompt_encoder.default.embedding.weight.normal_()
+    model.save_pretrained(tmp_path / "a")
+    reference = peft.PeftModel.from_pretrained(encoder_decoder(family, layers), tmp_path / "a").eval()
+    pm = softprompt.load(encoder_decoder(family, layers), tmp_path / "a").eval()
     assert pm.tasks["default"].config.stacks == ["decoder"]
+    with torch.no_grad():
+        ours = pm.tasks["default"].deep_prompt()["decoder"]  # (L, 2, KVH, P, D)
+    torch.testing.assert_close(ours, peft_decoder_prefixes(reference), atol=0, rtol=0)
     batch = inputs(family)
     table = load_file(tmp_path / "a" / "adapter_model.safetensors")["prompt_embeddings"]
-    native = softprompt.attach(build(family), softprompt.PrefixTuningConfig(
+    native = softprompt.attach(encoder_decoder(family, layers), softprompt.PrefixTuningConfig(
         num_virtual_tokens=P, projection_hidden_size=None, stacks=["decoder"])).eval()
     with torch.no_grad():
-        native.tasks["default"].deep_prompt.encoders["decoder"].weight.copy_(table)
+        read = table.view(P, layers, -1)[:, [(2 * i) % layers for i in range(layers)]].reshape(P, -1)
+        native.tasks["default"].deep_prompt.encoders["decoder"].weight.copy_(read)
         got = pm(**batch, use_cache=False)
-        base = build(family)(**batch, use_cache=False)
+        base = encoder_decoder(family, layers)(**batch, use_cache=False)
     torch.testing.assert_close(got.logits, outputs(native, batch), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(got.encoder_last_hidden_state, base.encoder_last_hidden_state, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(got.logits, base.logits, atol=1e-3)
     # The documented difference: PEFT's positions for the prefix (README, "PEFT adapters").
     assert not torch.allclose(got.logits, outputs(reference, batch), atol=1e-3)
+    # And back: PEFT runs the exported folder as it ran its own.
+    pm.export(tmp_path / "again", format="peft")
+    again = peft.PeftModel.from_pretrained(encoder_decoder(family, layers), tmp_path / "again").eval()
+    torch.testing.assert_close(outputs(again, batch), outputs(reference, batch), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -210,15 +236,28 @@ def test_export_from_a_classifier_model_runs_it_unchanged_in_peft(auto, method, 
 
 @pytest.mark.parametrize("method", ["prefix-tuning", "p-tuning-v2"])
 def test_export_of_a_decoder_prefix_on_t5_loads_in_peft(method, tmp_path):
-    """PEFT holds a T5 decoder self-attention prefix and runs it with relative position bias on the
-    prefix keys (README, "PEFT adapters"): the same table, other outputs."""
-    pm = perturbed(softprompt.attach(build("t5"), export_config(method, "t5")))
+    """With an odd number of layers every T5 decoder layer reads its own layer of PEFT's table: PEFT gets
+    softprompt's prefix in every decoder layer, and runs it with relative position bias on the prefix keys
+    (README, "PEFT adapters"): the same keys and values, other outputs."""
+    pm = perturbed(softprompt.attach(encoder_decoder("t5", 3), export_config(method, "t5")))
     pm.export(tmp_path / "adapter", format="peft")
-    reference = peft.PeftModel.from_pretrained(build("t5"), tmp_path / "adapter").eval()
-    table = load_file(tmp_path / "adapter" / "adapter_model.safetensors")["prompt_embeddings"]
-    torch.testing.assert_close(table, pm.tasks["default"].deep_prompt.encoders["decoder"]().detach(), atol=0, rtol=0)
+    reference = peft.PeftModel.from_pretrained(encoder_decoder("t5", 3), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        ours = pm.tasks["default"].deep_prompt()["decoder"]
+    torch.testing.assert_close(peft_decoder_prefixes(reference), ours, atol=0, rtol=0)
     batch = inputs("t5")
     assert not torch.allclose(outputs(reference, batch), outputs(pm, batch), atol=1e-3)
+    torch.testing.assert_close(outputs(softprompt.load(encoder_decoder("t5", 3), tmp_path / "adapter").eval(), batch),
+                               outputs(pm, batch), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_export_refuses_decoder_layers_that_peft_would_merge(family, tmp_path):
+    """With two layers PEFT gives both decoder layers its table's first layer: distinct prefixes cannot go there."""
+    pm = perturbed(softprompt.attach(build(family), export_config("prefix-tuning", family)))
+    with pytest.raises(CheckpointError, match=r"gives decoder layers 0 and 1 of 2 one prefix.*2i mod 2"):
+        pm.export(tmp_path / "adapter", format="peft")
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_exported_config_has_the_fields_peft_writes(tmp_path):

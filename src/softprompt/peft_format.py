@@ -10,11 +10,16 @@ single tensor, ``prompt_embeddings``, which PEFT computes at save time by runnin
                                                  token_dim = KVH * D under grouped-query attention
 
 which is exactly how a softprompt export stores an input table (P, H) and a key/value prefix
-(P, L * 2 * KVH * D), so converting is renaming and checking shapes. Reading gives a PromptModel
+(P, L * 2 * KVH * D), so converting is renaming and checking shapes, with one exception. For an
+encoder-decoder (two submodules) PEFT repeats the L layers of its table once for cross-attention,
+``[0, 1, ..., L-1, 0, 1, ..., L-1]``, cuts that list into L groups of four (self key, self value,
+cross key, cross value), and then drops the cross-attention part: decoder layer i reads table
+layer ``2i mod L`` (:func:`decoder_layers`). Reading gives a PromptModel
 with one exported (inference-only) task; writing refuses, with the reason, what PEFT's
 representation cannot hold: several tasks, heads, label words, templates, soft tokens elsewhere
-than before the input, prefixes in encoder or cross-attention of encoder-decoders, or in a range of
-layers. PEFT itself is not needed for either direction.
+than before the input, prefixes in encoder or cross-attention of encoder-decoders or in decoder
+layers that PEFT gives one table layer, or in a range of layers. PEFT itself is not needed for
+either direction.
 """
 
 from __future__ import annotations
@@ -170,7 +175,43 @@ def task_tensors(adapter: Adapter, model: nn.Module) -> dict[str, torch.Tensor]:
                 *theirs, stack, model.config.model_type, *ours
             )
         )
-    return {f"deep_prompt.encoders.{stack}.weight": adapter.table}
+    table = adapter.table
+    if layout == "encoder-decoder" and adapter.submodules == 2:
+        layers = table.view(adapter.num_tokens, shape.num_layers, -1)  # (P, L, 2 * KVH * D)
+        table = layers[:, decoder_layers(shape.num_layers)].reshape(adapter.num_tokens, -1)
+    return {f"deep_prompt.encoders.{stack}.weight": table}
+
+
+def decoder_layers(layers: int) -> list[int]:
+    """For each decoder layer i of an encoder-decoder, the layer of PEFT's prefix table it reads: 2i mod L.
+
+    With an even L, decoder layers i and i + L/2 read the same table layer and the odd table layers
+    are never read (PEFT 0.21's ``get_prompt`` for ``num_transformer_submodules == 2``).
+    """
+    return [(2 * layer) % layers for layer in range(layers)]
+
+
+def _peft_decoder_table(ours: torch.Tensor, layers: int) -> torch.Tensor:
+    """(P, L * 2 * KVH * D) per decoder layer -> PEFT's table, each layer where PEFT's decoder reads it.
+
+    Refused where two decoder layers that PEFT gives one table layer have different prefixes.
+    """
+    tokens = ours.shape[0]
+    per_layer = ours.view(tokens, layers, -1)  # (P, L, 2 * KVH * D)
+    table = torch.zeros_like(per_layer)  # table layers PEFT never reads stay zero
+    readers: dict[int, list[int]] = {}
+    for layer, read in enumerate(decoder_layers(layers)):
+        readers.setdefault(read, []).append(layer)
+    for read, group in readers.items():
+        for other in group[1:]:
+            if not torch.equal(per_layer[:, other], per_layer[:, group[0]]):
+                raise CheckpointError(
+                    f"PEFT cannot represent this prompt: PEFT's encoder-decoder prefix gives decoder layers "
+                    f"{group[0]} and {other} of {layers} one prefix (decoder layer i reads layer 2i mod {layers} of "
+                    f"its table), and this prompt's prefixes for them differ; keep it in softprompt's format"
+                )
+        table[:, read] = per_layer[:, group[0]]
+    return table.reshape(tokens, -1)
 
 
 def load(model: nn.Module, directory: str | Path, tokenizer=None, task: str = DEFAULT_TASK) -> PromptModel:
@@ -283,6 +324,8 @@ def adapter_of(pm: PromptModel) -> tuple[dict[str, Any], torch.Tensor]:
         width = shape.kv_heads * shape.head_dim
         common.update(token_dim=width, num_layers=shape.num_layers, num_attention_heads=shape.kv_heads,
                       num_transformer_submodules=2 if layout == "encoder-decoder" else 1)
+        if layout == "encoder-decoder":
+            table = _peft_decoder_table(table, shape.num_layers)
         extra = {"peft_type": PREFIX_TYPE, "encoder_hidden_size": width, "prefix_projection": False,
                  "init_weights": None}
     return {**common, **extra}, table
