@@ -22,8 +22,9 @@ peft = pytest.importorskip("peft", reason="PEFT is a test-only reference (pip in
 
 P = 3
 ROWS = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
-FAMILIES = ["gpt2", "llama", "t5", "bert"]
-TASK_TYPE = {"gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "bert": "FEATURE_EXTRACTION"}
+FAMILIES = ["gpt2", "llama", "t5", "bert", "roberta"]
+TASK_TYPE = {"gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "bert": "FEATURE_EXTRACTION",
+             "roberta": "FEATURE_EXTRACTION"}
 SEQ2SEQ = {"t5", "bart"}
 
 
@@ -48,11 +49,13 @@ def virtual_positions(family: str, peft_type: str) -> int:
 
 
 def peft_config(peft_type: str, family: str, projection: bool = True):
+    """projection: PREFIX_TUNING's prefix_projection; for P_TUNING, False means PEFT's LSTM encoder."""
     task_type = TASK_TYPE.get(family, "SEQ_2_SEQ_LM" if family in SEQ2SEQ else "CAUSAL_LM")
     if peft_type == "PROMPT_TUNING":
         return peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=P)
     if peft_type == "P_TUNING":
-        return peft.PromptEncoderConfig(task_type=task_type, num_virtual_tokens=P, encoder_hidden_size=16)
+        return peft.PromptEncoderConfig(task_type=task_type, num_virtual_tokens=P, encoder_hidden_size=16,
+                                        encoder_reparameterization_type="MLP" if projection else "LSTM")
     return peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=P, prefix_projection=projection,
                                    encoder_hidden_size=16)
 
@@ -76,11 +79,13 @@ def perturbed(pm: softprompt.PromptModel, seed: int = 0) -> softprompt.PromptMod
     return pm.eval()
 
 
-IMPORTS = [("PROMPT_TUNING", True), ("P_TUNING", True), ("PREFIX_TUNING", True), ("PREFIX_TUNING", False)]
+IMPORTS = [("PROMPT_TUNING", True), ("P_TUNING", True), ("P_TUNING", False), ("PREFIX_TUNING", True),
+           ("PREFIX_TUNING", False)]
 
 
 def import_cell(family: str, peft_type: str, projection: bool):
-    name = peft_type.lower() + ("" if projection or peft_type != "PREFIX_TUNING" else "-no-projection")
+    variant = {"P_TUNING": "-lstm", "PREFIX_TUNING": "-no-projection"}.get(peft_type, "")
+    name = peft_type.lower() + ("" if projection else variant)
     return pytest.param(family, peft_type, projection, id=f"{family}-{name}")
 
 
@@ -180,6 +185,22 @@ def test_left_padding_keeps_softprompt_placement(family, peft_type, tmp_path):
     torch.testing.assert_close(ours, alone, atol=1e-5, rtol=1e-5)
     theirs = outputs(reference, padded, strip=virtual_positions(family, peft_type))[1:, -2:]
     assert not torch.allclose(theirs, alone, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma3_text"])
+def test_sliding_window_keeps_softprompt_prefix_visible(family, tmp_path):
+    """PEFT's prefix is P past tokens at positions 0..P-1, so a sliding window (5 here) hides it from later
+    queries; softprompt's prefix is seen by every query (README, "PEFT adapters"). Inside the window the
+    two agree."""
+    reference = saved_peft_adapter(family, peft_config("PREFIX_TUNING", family), tmp_path / "a")
+    pm = softprompt.load(build(family), tmp_path / "a").eval()
+    short, long = inputs(family, [row[:2] for row in ROWS]), inputs(family, [row + row for row in ROWS])
+    torch.testing.assert_close(outputs(pm, short), outputs(reference, short), atol=1e-5, rtol=1e-5)
+    ours, theirs = outputs(pm, long), outputs(reference, long)
+    window = build(family).config.sliding_window
+    inside = window - P  # queries whose window still holds every prefix position
+    torch.testing.assert_close(ours[:, :inside], theirs[:, :inside], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ours[:, -1], theirs[:, -1], atol=1e-3)
 
 
 # -- softprompt -> PEFT --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ itself, never from model names.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from torch import nn
@@ -32,6 +32,9 @@ class Family:
     """Where label words are scored: at [MASK] (masked LMs) or as the token after the last real one."""
     position_offset: int | None = 0
     """Added to 0-based positions computed from the mask; None when the model takes no position ids."""
+    offset_after_pad: bool = False
+    """Positions are numbered from ``pad_token_id + 1`` (RoBERTa): :func:`family_of` sets position_offset from the
+    model's config (the table holds the usual value)."""
     position_limit: str | None = None
     """Config attribute bounding learned absolute positions (None: relative or rotary positions)."""
     reuses_prompt_kv: bool = False
@@ -47,8 +50,9 @@ def decoder(stacks: dict[str, str], position_limit: str | None = None) -> Family
                   reuses_prompt_kv=True)
 
 
-def encoder(stacks: dict[str, str], position_offset: int | None = 0, prefix_unsupported: str | None = None) -> Family:
-    return Family("encoder", stacks, position_offset=position_offset,
+def encoder(stacks: dict[str, str], position_offset: int | None = 0, prefix_unsupported: str | None = None,
+            offset_after_pad: bool = False) -> Family:
+    return Family("encoder", stacks, position_offset=position_offset, offset_after_pad=offset_after_pad,
                   position_limit="max_position_embeddings" if position_offset is not None else None,
                   prefix_unsupported=prefix_unsupported)
 
@@ -69,8 +73,8 @@ FAMILIES: dict[str, Family] = {
     "mistral": decoder(_DECODER),
     "gemma3_text": decoder(_DECODER),
     "bert": encoder(_BERT),
-    # RoBERTa numbers positions from padding_idx + 1.
-    "roberta": encoder(_BERT, position_offset=2),
+    # RoBERTa numbers positions from padding_idx + 1 (2 with its own vocabulary's pad id 1).
+    "roberta": encoder(_BERT, position_offset=2, offset_after_pad=True),
     "deberta-v2": encoder(
         {},
         position_offset=None,
@@ -96,12 +100,17 @@ FAMILIES: dict[str, Family] = {
 
 
 def family_of(model: nn.Module) -> Family:
+    """The family table's entry for `model`, with the facts its config decides (RoBERTa's first position)."""
     model_type = model.config.model_type
     if model_type not in FAMILIES:
         raise UserError(
             f"model_type {model_type!r} is not supported; supported model types: {', '.join(sorted(FAMILIES))}"
         )
-    return FAMILIES[model_type]
+    family = FAMILIES[model_type]
+    pad = getattr(model.config.get_text_config(), "pad_token_id", None)
+    if family.offset_after_pad and pad is not None and pad + 1 != family.position_offset:
+        family = replace(family, position_offset=pad + 1)
+    return family
 
 
 @dataclass(frozen=True)
