@@ -3,13 +3,18 @@ never see a call's prompts. Each test runs over every (family x method) cell."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import ALL_CELLS, GENERATE_CELLS, build, extra_inputs, layout, make_rows, method_config, pad
+from conftest import (ALL_CELLS, GENERATE_CELLS, PREFIX_METHODS, build, extra_inputs, layout, make_rows, method_config,
+                      pad)
+from transformers import LogitsProcessor, LogitsProcessorList
 
 import softprompt
+from softprompt import _attention, _call
 
 torch.set_grad_enabled(True)
 
@@ -61,11 +66,52 @@ def test_the_base_model_is_left_as_it_was_after_every_kind_of_call(family, metho
     pm.eval()
     unchanged()
     if layout(family) != "encoder":
-        pm.generate(**{k: v for k, v in batch.items() if k != "decoder_input_ids"}, max_new_tokens=2, do_sample=False)
+        inputs = {k: v for k, v in batch.items() if k != "decoder_input_ids"}
+        pm.generate(**inputs, max_new_tokens=2, do_sample=False)
+        unchanged()
+        assert _attention._SCOPE.get() is None
+        with pytest.raises(RuntimeError, match="stops generate"):  # raises inside generate, after the first forward
+            pm.generate(**inputs, max_new_tokens=2, do_sample=False, logits_processor=LogitsProcessorList([_Stop()]))
+        assert _attention._SCOPE.get() is None  # the generate scope is gone
         unchanged()
     with pytest.raises(Exception):
         pm(**batch, labels=torch.zeros(99, 99, dtype=torch.long))  # fails inside the base model
     unchanged()
+
+
+class _Stop(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        raise RuntimeError("a logits processor that stops generate")
+
+
+DEEP_CELLS = [c for c in ALL_CELLS if c.values[1] in PREFIX_METHODS]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
+@pytest.mark.parametrize(("family", "method"), DEEP_CELLS)
+def test_nothing_of_a_call_stays_alive_after_its_backward(family, method, checkpointing, monkeypatch):
+    """A call's prefixes (and the autograd graph behind them) are freed with the call's outputs."""
+    pm = softprompt.attach(build(family), method_config(method))
+    pm.train()
+    if checkpointing:
+        pm.gradient_checkpointing_enable()
+    made = []
+    stack = _call.stack_prefixes
+
+    def recording(*args, **kwargs):
+        prompts = stack(*args, **kwargs)
+        made.append(weakref.ref(prompts))
+        made.extend(weakref.ref(prefix.key) for prefix in prompts.prefixes.values())
+        return prompts
+
+    monkeypatch.setattr(_call, "stack_prefixes", recording)
+    batch = _prompted(family, method, [6, 4])
+    outputs = pm(**batch, labels=_labels(batch), use_cache=False)
+    outputs.loss.backward()
+    assert len(made) > 1
+    del outputs
+    gc.collect()
+    assert all(ref() is None for ref in made)
 
 
 @pytest.mark.parametrize(("family", "method"), ALL_CELLS)
