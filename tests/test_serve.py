@@ -472,6 +472,27 @@ def test_prompts_load_and_unload_while_serving(url, gpt2, server, expected, tmp_
     assert httpx.delete(f"{url}/v1/prompts/gpt2").status_code == 400  # the base model itself
 
 
+def test_a_peft_adapter_is_served_as_a_prompt(url, gpt2, tmp_path):
+    """A folder in PEFT's format (no run beside it) serves with the training defaults, as `softprompt.load` reads it."""
+    import softprompt
+    from softprompt._collate import Collator
+
+    model, runs = gpt2
+    base, tokenizer = load_model(str(model))
+    softprompt.load(base, runs["e2e"] / "best", tokenizer=tokenizer).export(tmp_path / "peft", format="peft")
+    assert (tmp_path / "peft" / "adapter_config.json").is_file()
+    added = post(url, "/v1/prompts", {"name": "peft-e2e", "path": str(tmp_path / "peft")})
+    assert added.status_code == 201, added.text
+    assert added.json()["method"] == "prompt-tuning" and added.json()["serves"] == "generate"
+    base, tokenizer = load_model(str(model))
+    collator = Collator(softprompt.load(base, tmp_path / "peft", tokenizer=tokenizer).eval(), "generation", [])
+    for text in TEXTS[:3]:
+        want = collator.predict([Example(text=text)], max_new_tokens=10)[0]
+        got = post(url, "/v1/completions", {"model": "peft-e2e", "prompt": text, "max_tokens": 10, "temperature": 0})
+        assert got.json()["choices"][0]["text"] == want
+    assert httpx.delete(f"{url}/v1/prompts/peft-e2e").status_code == 200
+
+
 def test_health_metrics_and_the_page(url, client):
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -1,5 +1,5 @@
 """The playground page in headless Chromium (Debian's `chromium`): pick a task, type an input, click Run, and
-the answer streams into the page; a screenshot of each stays in the test's output folder."""
+the answer streams into the page; a screenshot of each stays in build/test-output/."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ import _serving
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+OUTPUT = Path(__file__).resolve().parents[2] / "build" / "test-output"
+"""Where the screenshots stay after the run (pytest's own temporary folders are pruned by later runs)."""
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=900,900"]
@@ -133,7 +135,8 @@ def test_the_playground_streams_an_answer_and_shows_a_classification(tmp_path: P
             assert page.evaluate("document.getElementById('output').textContent") == answer
             assert page.evaluate("window.pieces") >= len(answer.split())  # a piece per word, as they arrive
             assert page.evaluate("document.getElementById('status').textContent").startswith("done: ")
-            first = tmp_path / "playground-completion.png"
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            first = OUTPUT / "playground-completion.png"
             page.screenshot(first)
 
             page.evaluate("(() => { const s = document.getElementById('model'); s.value = 'sentiment';"
@@ -143,8 +146,37 @@ def test_the_playground_streams_an_answer_and_shows_a_classification(tmp_path: P
             page.wait("document.getElementById('status').textContent.startsWith('done: ') && "
                       "document.querySelectorAll('#output tr').length === 2")
             assert page.evaluate("document.getElementById('status').textContent") == f"done: {label}"
-            second = tmp_path / "playground-classify.png"
+            second = OUTPUT / "playground-classify.png"
             page.screenshot(second)
     for shot in (first, second):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
         print(f"screenshot: {shot}")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium; `make test` does)")
+def test_the_playground_asks_for_the_key_of_a_guarded_server(tmp_path: Path) -> None:
+    model, runs = _serving.gpt2_runs(tmp_path / "runs")
+    base, tokenizer = load_model(str(model))
+    server = Server(base, tokenizer, "gpt2", api_key="s3cret")
+    server.add("e2e", runs["e2e"])
+    answer = _serving.run_collator(runs["e2e"]).predict([Example(text="a place")], max_new_tokens=64)[0]
+    with _serving.serving(server) as url:
+        with browsing(url + "/", tmp_path / "profile") as page:
+            page.wait("(document.getElementById('status') || {dataset: {}}).dataset.state === 'error'")
+            assert "API key" in page.evaluate("document.getElementById('status').textContent")
+            page.type("#key", "s3cret")
+            page.type("#input", "a place")  # leaving the key's field reloads the tasks with the key
+            page.wait("document.querySelectorAll('#model option').length === 2")
+            page.evaluate("(() => { const s = document.getElementById('model'); s.value = 'e2e';"
+                          " s.dispatchEvent(new Event('change')); })()")
+            # The key edited again: the tasks reload, and e2e stays picked.
+            page.evaluate("document.getElementById('status').textContent = ''")
+            page.evaluate("document.getElementById('key').dispatchEvent(new Event('change'))")
+            page.wait("document.getElementById('status').textContent === 'ready'")
+            assert page.evaluate("document.getElementById('model').value") == "e2e"
+            page.click("#run")
+            page.wait("document.getElementById('status').dataset.state === 'done'")
+            assert page.evaluate("document.getElementById('output').textContent") == answer
+            assert page.evaluate("document.getElementById('model').value") == "e2e"
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            page.screenshot(OUTPUT / "playground-key.png")
