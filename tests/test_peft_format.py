@@ -2,7 +2,7 @@
 
 Every cell of (family × method × direction) is a test: equal outputs (within 1e-5, PEFT's forward
 without cache on unpadded rows), a documented difference in where PEFT puts the prompt (left
-padding; encoder-decoder prefixes), or a refusal that names what PEFT cannot represent.
+padding; encoder-decoder prefixes; sliding windows), or a refusal that names what PEFT cannot represent.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ peft = pytest.importorskip("peft", reason="PEFT is a test-only reference (pip in
 
 P = 3
 ROWS = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
-FAMILIES = ["gpt2", "llama", "t5", "bert", "roberta"]
+FAMILIES = ["gpt2", "llama", "t5", "bart", "bert", "roberta"]
 TASK_TYPE = {"gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "bert": "FEATURE_EXTRACTION",
-             "roberta": "FEATURE_EXTRACTION"}
+             "roberta": "FEATURE_EXTRACTION", "bart": "SEQ_2_SEQ_LM"}
 SEQ2SEQ = {"t5", "bart"}
 
 
@@ -92,7 +92,7 @@ def import_cell(family: str, peft_type: str, projection: bool):
 # -- PEFT -> softprompt --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "family,peft_type,projection",
-    [import_cell(f, t, p) for f in FAMILIES for t, p in IMPORTS if not (f == "t5" and t == "PREFIX_TUNING")],
+    [import_cell(f, t, p) for f in FAMILIES for t, p in IMPORTS if not (f in SEQ2SEQ and t == "PREFIX_TUNING")],
 )
 def test_peft_adapter_loads_with_equal_outputs(family, peft_type, projection, tmp_path):
     reference = saved_peft_adapter(family, peft_config(peft_type, family, projection), tmp_path / "adapter")
@@ -224,7 +224,7 @@ EXPORTS = ["prompt-tuning", "p-tuning", "prefix-tuning", "p-tuning-v2"]
 
 @pytest.mark.parametrize(
     "family,method",
-    [export_cell(f, m) for f in FAMILIES for m in EXPORTS if not (f == "t5" and m in ("prefix-tuning", "p-tuning-v2"))],
+    [export_cell(f, m) for f in FAMILIES for m in EXPORTS if not (f in SEQ2SEQ and m in ("prefix-tuning", "p-tuning-v2"))],
 )
 def test_export_loads_in_peft_with_equal_outputs(family, method, tmp_path):
     pm = perturbed(softprompt.attach(build(family), export_config(method, family)))
