@@ -1,4 +1,4 @@
-"""Speed and memory of softprompt vs PEFT vs the bare frozen model, side by side, on the CPU.
+"""Speed and memory of softprompt vs PEFT vs the bare frozen model, side by side, on the CPU or a GPU.
 
 For a GPT-2-small-shaped and a BERT-base-shaped random model (built from configs in code) and for
 SmolLM2-135M (real weights, Llama with grouped-query attention), at a short and a long input, and for
@@ -30,6 +30,10 @@ Run::
     .venv/bin/python bench/bench.py --threads 1    # full run
     .venv/bin/python bench/bench.py --quick        # fewer repetitions and shapes, for a smoke test
     .venv/bin/python bench/bench.py --profile gpt2:prompt-tuning   # cProfile one softprompt training step
+    .venv/bin/python bench/bench.py --device cuda --dtype bfloat16 --out bench/RESULTS-gpu-bf16.md
+
+On a GPU the steps are timed with ``torch.cuda.synchronize`` around them, and the memory column is
+the peak of ``torch.cuda.max_memory_allocated`` during a training step above the memory before it.
 """
 
 from __future__ import annotations
@@ -68,13 +72,16 @@ METHODS = ("prompt-tuning", "p-tuning", "prefix-tuning", "p-tuning-v2")
 MODELS = ("gpt2", "bert", "smollm2")
 LIBS = ("softprompt", "peft")
 MIXED_TASKS = 4
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Where models and inputs live, and their floating-point type: set once from --device / --dtype.
+PLACE = {"device": torch.device("cpu"), "dtype": torch.float32}
 
 Step = Callable[[], None]
 
 
 # -- models ----------------------------------------------------------------------------------------
 def build_model(family: str, seed: int = 0) -> nn.Module:
-    """A float32 model, frozen, in eval mode: random GPT-2-small / BERT-base shapes, or SmolLM2's real weights."""
+    """A frozen model in eval mode on PLACE's device and dtype: random GPT-2-small / BERT-base shapes, or SmolLM2's real weights."""
     torch.manual_seed(seed)
     if family == "gpt2":
         model: nn.Module = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=2048))
@@ -90,7 +97,7 @@ def build_model(family: str, seed: int = 0) -> nn.Module:
         model, _ = load_model("smollm2")
     else:
         raise ValueError(family)
-    model = model.float().eval()
+    model = model.to(device=PLACE["device"], dtype=PLACE["dtype"]).eval()
     model.requires_grad_(False)
     return model
 
@@ -141,7 +148,8 @@ def make_inputs(family: str, batch: int, length: int, vocab: int, seed: int = 1)
         labels = torch.randint(0, 2, (batch,), generator=generator)
     else:
         labels = ids.clone()
-    return Inputs(ids, torch.ones_like(ids), labels)
+    device = PLACE["device"]
+    return Inputs(ids.to(device), torch.ones_like(ids).to(device), labels.to(device))
 
 
 def clear_grads(params: list[nn.Parameter]) -> None:
@@ -151,7 +159,7 @@ def clear_grads(params: list[nn.Parameter]) -> None:
 
 def bare_steps(model: nn.Module, inputs: Inputs, length: int) -> tuple[Step, Step]:
     """(train, infer) closures for the bare model on `length` tokens (the input, repeated if longer)."""
-    ids = inputs.ids.repeat(1, -(-length // inputs.ids.shape[1]))[:, :length]
+    ids = inputs.ids.repeat(1, -(-length // inputs.ids.shape[1]))[:, :length]  # (B, length)
     mask = torch.ones_like(ids)
     labels = ids if inputs.labels.dim() == 2 else inputs.labels
     embed = model.get_input_embeddings()
@@ -214,7 +222,7 @@ def build_cell(lib: str, method: str, family: str, template: nn.Module, inputs: 
     cell = Cell(lib, method + (f", {MIXED_TASKS} tasks mixed" if mixed else ""))
     try:
         wrapped, params = wrap(lib, method, family, copy.deepcopy(template), tokens, MIXED_TASKS if mixed else 1)
-        wrapped.eval()
+        wrapped.to(device=PLACE["device"], dtype=PLACE["dtype"]).eval()
         extra = {}
         if mixed:
             names = ["default"] + [f"task{i}" for i in range(1, MIXED_TASKS)]
@@ -238,22 +246,41 @@ def _rss_mb(field_name: str) -> float:
 
 
 def measure_memory(spec: dict) -> float:
-    """In this (fresh) process: MB of resident memory a training step adds at its peak (second step)."""
-    torch.set_num_threads(1)
+    """In this (fresh) process: MB a training step adds at its peak (second step): resident memory on the
+    CPU, allocated GPU memory on a GPU."""
+    place(spec["device"], spec["dtype"])
+    if PLACE["device"].type == "cpu":
+        torch.set_num_threads(1)
     template = build_model(spec["family"])
     inputs = make_inputs(spec["family"], spec["batch"], spec["length"], template.config.vocab_size)
     if spec["lib"] == "bare":
         train, _ = bare_steps(template, inputs, spec["length"] + spec["extra"])
     else:
         model, params = wrap(spec["lib"], spec["method"], spec["family"], template, spec["tokens"])
-        model.eval()
+        model.to(device=PLACE["device"], dtype=PLACE["dtype"]).eval()
         train, _ = prompt_steps(model, params, inputs)
     train()
     gc.collect()
+    if PLACE["device"].type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        train()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     before = _rss_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current size
     train()
     return _rss_mb("VmHWM") - before
+
+
+def in_process_memory(spec: dict) -> float | None:
+    gc.collect()
+    torch.cuda.empty_cache()
+    try:
+        return measure_memory(spec)
+    except Exception:  # noqa: BLE001 -- as a failed subprocess: no number for this cell
+        return None
 
 
 def memory_in_subprocess(spec: dict) -> float | None:
@@ -276,9 +303,18 @@ def small_op_latency() -> float:
     return statistics.median(times)
 
 
+def place(device: str, dtype: str) -> None:
+    PLACE["device"], PLACE["dtype"] = torch.device(device), DTYPES[dtype]
+
+
 def timed(step: Step) -> float:
+    cuda = PLACE["device"].type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     step()
+    if cuda:
+        torch.cuda.synchronize()  # kernels run asynchronously: wait for them before reading the clock
     return time.perf_counter() - start
 
 
@@ -351,12 +387,15 @@ def run_shape(family: str, length: int, batch: int, template: nn.Module, args: a
     for cell in (bare, bare_long, *cells.values(), *mixed.values()):
         cell.train = cell.infer = None  # let the models go
     if args.memory:
-        spec = {"family": family, "length": length, "batch": batch, "tokens": args.tokens}
-        bare.memory = memory_in_subprocess({**spec, "lib": "bare", "method": "", "extra": 0})
-        bare_long.memory = memory_in_subprocess({**spec, "lib": "bare", "method": "", "extra": args.tokens})
+        spec = {"family": family, "length": length, "batch": batch, "tokens": args.tokens, "device": args.device,
+                "dtype": args.dtype}
+        # A GPU's peak allocation resets per measurement, so one process serves; resident memory on the CPU does not.
+        measure = in_process_memory if PLACE["device"].type == "cuda" else memory_in_subprocess
+        bare.memory = measure({**spec, "lib": "bare", "method": "", "extra": 0})
+        bare_long.memory = measure({**spec, "lib": "bare", "method": "", "extra": args.tokens})
         for (lib, method), cell in cells.items():
             if not cell.error:
-                cell.memory = memory_in_subprocess({**spec, "lib": lib, "method": method, "extra": 0})
+                cell.memory = measure({**spec, "lib": lib, "method": method, "extra": 0})
         print(f"  {family}/{length} peak memory measured", flush=True)
     return result
 
@@ -417,10 +456,16 @@ NAMES = {
 }
 
 
+def device_name() -> str:
+    if PLACE["device"].type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(PLACE['device'])}"
+    return "CPU"
+
+
 def render(results: list[ShapeResult], args: argparse.Namespace, command: str, seconds: float,
            latency: tuple[float, float]) -> str:
     lines = [
-        "# softprompt vs PEFT vs the bare frozen model (CPU)",
+        f"# softprompt vs PEFT vs the bare frozen model ({device_name()})",
         "",
         "Regenerated by `bench/bench.py`; do not edit by hand.",
         "",
@@ -428,12 +473,12 @@ def render(results: list[ShapeResult], args: argparse.Namespace, command: str, s
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
         f"Python {platform.python_version()}",
-        f"- CPU: {platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()} "
+        f"- device: {device_name()}; CPU: {platform.processor() or platform.machine()}, torch threads: {torch.get_num_threads()} "
         f"(interop {torch.get_num_interop_threads()}); the machine was shared with other jobs, so absolute "
         "times are noisy -- read the paired ratios",
         f"- small-op latency (median of a 0.4 MB `torch.cat`): {1e6 * latency[0]:.0f} us before the run, "
         f"{1e6 * latency[1]:.0f} us after (about 10 us on a free core)",
-        f"- {args.tokens} virtual tokens, float32, eval mode (no dropout), {args.warmup} warmup + {args.reps} "
+        f"- {args.tokens} virtual tokens, {args.dtype}, eval mode (no dropout), {args.warmup} warmup + {args.reps} "
         f"timed repetitions, total run {seconds:.0f} s",
         "",
         "**Measured.** *train*: one training step = forward + backward on the loss (decoders: LM loss on "
@@ -444,7 +489,8 @@ def render(results: list[ShapeResult], args: argparse.Namespace, command: str, s
         "prompt), PEFT recomputes them. Times are medians in ms; ratios are medians over repetitions of "
         "(time / bare time measured in the same block, back to back), with the interquartile range in "
         "parentheses; the bare reference is the model at T tokens. *memory*: MB of resident memory a training "
-        "step adds at its peak over the memory before it (second step, fresh process per cell, 1 thread). "
+        "step adds at its peak over the memory before it (second step, fresh process per cell, 1 thread; on a GPU: "
+        "allocated GPU memory). "
         f"*mixed*: softprompt with {MIXED_TASKS} tasks of the method in one batch, each row its own, as "
         "throughput relative to the same batch with one task (1 = no cost).",
         "",
@@ -459,36 +505,41 @@ def render(results: list[ShapeResult], args: argparse.Namespace, command: str, s
         "peak training memory ≤ PEFT; mixed-task throughput ≥ 0.95 × one task.",
         "",
     ]
+    timed_columns = not args.ratios_only
+
+    def row(*cells: str, failed: bool = False) -> str:
+        """A table row; --ratios-only drops the two columns of times (a failure's text stays)."""
+        kept = list(cells)
+        if not timed_columns:
+            del kept[5], kept[4 if failed else 3]  # infer ms, then train ms (a failure: two empty cells)
+        return "| " + " | ".join(kept) + " |"
+
     for result in results:
         lines += [
             f"## {NAMES[result.family]}: {result.length} tokens, batch {result.batch}",
             "",
-            "| method | library | trainable params | train ms | train / bare | infer ms | infer / bare | memory MB "
-            "| mixed train | mixed infer | targets |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            row("method", "library", "trainable params", "train ms", "train / bare", "infer ms", "infer / bare",
+                "memory MB", "mixed train", "mixed infer", "targets"),
+            row("---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"),
         ]
         b, bl = result.bare, result.bare_long
-        lines.append(f"| bare, {b.method} | – | 0 | {ms(b.train_times)} | 1 | {ms(b.infer_times)} | 1 | "
-                     f"{mb(b.memory)} | | | |")
-        lines.append(
-            f"| bare, {bl.method} | – | 0 | {ms(bl.train_times)} | {ratio_text(result.long_train_ratios)} "
-            f"| {ms(bl.infer_times)} | {ratio_text(result.long_infer_ratios)} | {mb(bl.memory)} | | | |"
-        )
+        lines.append(row(f"bare, {b.method}", "–", "0", ms(b.train_times), "1", ms(b.infer_times), "1", mb(b.memory),
+                         "", "", ""))
+        lines.append(row(f"bare, {bl.method}", "–", "0", ms(bl.train_times), ratio_text(result.long_train_ratios),
+                         ms(bl.infer_times), ratio_text(result.long_infer_ratios), mb(bl.memory), "", "", ""))
         for method in args.methods:
             for lib in LIBS:
                 cell = result.cells[lib, method]
                 if cell.error:
                     error = cell.error.replace("|", "/").replace("\n", " ")[:160]
-                    lines.append(f"| {method} | {lib} | – | **fails**: {error} | | | | | | | |")
+                    lines.append(row(method, lib, "–", f"**fails**: {error}", "", "", "", "", "", "", "", failed=True))
                     continue
                 mixed_train = ratio_text(result.mixed_train_ratios.get(method, [])) if lib == "softprompt" else ""
                 mixed_infer = ratio_text(result.mixed_infer_ratios.get(method, [])) if lib == "softprompt" else ""
                 marks = verdicts(result, method) if lib == "softprompt" else ""
-                lines.append(
-                    f"| {method} | {lib} | {cell.params:,} | {ms(cell.train_times)} | {ratio_text(cell.train_ratios)} "
-                    f"| {ms(cell.infer_times)} | {ratio_text(cell.infer_ratios)} | {mb(cell.memory)} | {mixed_train} "
-                    f"| {mixed_infer} | {marks} |"
-                )
+                lines.append(row(method, lib, f"{cell.params:,}", ms(cell.train_times), ratio_text(cell.train_ratios),
+                                 ms(cell.infer_times), ratio_text(cell.infer_ratios), mb(cell.memory), mixed_train,
+                                 mixed_infer, marks))
         lines.append("")
     return "\n".join(lines)
 
@@ -545,11 +596,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="floating-point type of the models")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled block order")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--ratios-only", action="store_true", help="leave the absolute times out of the tables")
     parser.add_argument("--profile", metavar="MODEL:METHOD", help="cProfile one softprompt cell instead")
     parser.add_argument("--memory-cell", help=argparse.SUPPRESS)  # internal: one peak-memory measurement
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here (torch {torch.__version__})")
+    if args.dtype == "float16" and not args.device.startswith("cuda"):
+        parser.error("--dtype float16 needs --device cuda (CPU float16 kernels are not what anyone would run)")
     if args.reps is None:
         args.reps = 2 if args.quick else 4
     if args.quick:
@@ -566,6 +624,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    place(args.device, args.dtype)
     if args.profile:
         profile(args.profile, args)
         return

@@ -148,6 +148,7 @@ class Base:
     def prompt_kv(self, embeds: torch.Tensor) -> dict[int, torch.Tensor]:
         """Keys and values of leading soft tokens (n, H) at positions 0..n-1: {id(attention module): (2, KVH, n, D)}."""
         count = embeds.shape[0]
+        embeds = embeds.to(self.model.get_input_embeddings().weight.dtype)  # prompts stay float32; the model may not
         inputs = {"inputs_embeds": embeds[None], "attention_mask": torch.ones(1, count, dtype=torch.long, device=embeds.device)}
         if self.family.position_offset is not None:
             inputs["position_ids"] = torch.arange(count, device=embeds.device)[None] + self.family.position_offset
