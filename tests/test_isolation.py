@@ -220,14 +220,18 @@ def test_calls_from_several_threads_equal_the_same_calls_in_turn(family, method)
     _perturb(pm)
     can_generate = layout(family) != "encoder"
     calls = []
-    for i in range(12):
-        name = ["default", "other"][i % 2]
+    for i in range(15):
+        name = ["default", "other", None][i % 3]  # None: the base model's own call, inside pm.disabled()
         tokens = 3 if name == "default" else 5
-        batch = _prompted(family, method, [4 + i % 3, 6, 3][: 1 + i % 3], seed=20 + i, tokens=tokens)
+        batch = (_plain(family, [4 + i % 2, 6][: 1 + i % 2], seed=20 + i) if name is None else
+                 _prompted(family, method, [4 + i % 3, 6, 3][: 1 + i % 3], seed=20 + i, tokens=tokens))
         calls.append((name, batch, can_generate and i % 4 == 3))
 
     def run(call):
         name, batch, generate = call
+        if name is None:
+            with pm.disabled(), torch.no_grad():
+                return pm(**batch).logits
         with torch.no_grad():
             if generate:
                 inputs = {k: v for k, v in batch.items() if k != "decoder_input_ids"}
