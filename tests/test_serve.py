@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -157,12 +158,14 @@ def test_a_stop_string_ends_the_text_before_it(client, server):
         full = client.completions.create(model="gpt2", prompt=TEXTS[2], max_tokens=30, temperature=0).choices[0].text
         words = full.split()
         stop = words[len(words) // 2]
+        cancelled = cancellations(server)
         cut = client.completions.create(model="gpt2", prompt=TEXTS[2], max_tokens=30, temperature=0, stop=[stop, "zzz"])
         streamed = client.completions.create(model="gpt2", prompt=TEXTS[2], max_tokens=30, temperature=0, stop=stop,
                                              stream=True)
         pieces = [c.choices[0] for c in streamed]
     finally:
         server.engine.eos = eos
+    assert cancellations(server) == cancelled  # a row cut at a stop string ended by "stop" in the metrics
     assert cut.choices[0].text == full[: full.index(stop)]
     assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < 30
     assert "".join(p.text for p in pieces) == cut.choices[0].text and pieces[-1].finish_reason == "stop"
@@ -563,3 +566,23 @@ def test_serve_is_a_command(capsys):
     help_text = capsys.readouterr().out
     for flag in ("--model", "--prompt", "--host", "--port", "--api-key", "--max-batch-size", "--max-queue"):
         assert flag.replace("-", "_").replace("__", "--") in help_text  # help spells flags with underscores
+
+
+def test_bad_serve_flags_are_one_line_errors(gpt2, capsys):
+    model, runs = gpt2
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for args, says in ((["--prompt", "runs/e2e"], "expected NAME=FOLDER"),
+                           (["--prompt", f"a={runs['e2e']}", "--prompt", f"a={runs['names']}"], "given twice"),
+                           (["--prompt", f"{model}={runs['e2e']}"], "is served already"),
+                           (["--prompt", "x=/nowhere/at/all"], "no such folder"),
+                           (["--max-batch-size", "0"], "--max-batch-size 0: give at least 1"),
+                           (["--max-queue", "-1"], "--max-queue -1: give at least 1"),
+                           (["--port", "70000"], "give a TCP port from 0 to 65535"),
+                           (["--port", port], "pick another port"),
+                           (["--host", "no.such.host.invalid"], "--host no.such.host.invalid")):
+            assert cli.main(["serve", "--model", str(model), *args]) == 2, args
+            err = capsys.readouterr().err.strip().splitlines()
+            assert says in err[-1] and err[-1].startswith("softprompt: error: "), (args, err)

@@ -34,6 +34,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ._attention import KWARG, Prompts
 from ._parts import Entered
+from .errors import UserError
 from .model import PromptModel, pad_rows
 
 Event = Literal["token", "finish", "error"]
@@ -75,6 +76,8 @@ class Generation:
     seed: int | None = None
     """Seeds this row's own sampler, so a seeded request samples the same tokens in any batch."""
     cancelled: bool = False
+    ended_by: str = field(default="cancelled", init=False)
+    """The finish reason a cancelled row reports: "cancelled", or "stop" where the caller met a stop string."""
     generated: int = field(default=0, init=False)
     _sampler: torch.Generator | None = field(default=None, init=False, repr=False)
 
@@ -192,9 +195,10 @@ class Engine:
                 (self._scoring if isinstance(row, Scoring) else self._waiting).append(row)
         self._wake.set()
 
-    def cancel(self, row: Generation) -> None:
-        """Free the row at the next step (its emit gets ("finish", "cancelled") unless it ended before)."""
-        row.cancelled = True
+    def cancel(self, row: Generation, reason: str = "cancelled") -> None:
+        """Free the row at the next step (its emit gets ("finish", reason) unless it ended before)."""
+        if not row.cancelled:
+            row.ended_by, row.cancelled = reason, True
         self._wake.set()
 
     def call(self, function: Callable[[], Any]) -> Future:
@@ -287,7 +291,7 @@ class Engine:
             while self._waiting and len(rows) < room:
                 row = self._waiting.popleft()
                 if row.cancelled:
-                    self._emit(row, "finish", "cancelled")
+                    self._emit(row, "finish", row.ended_by)
                 else:
                     rows.append(row)
         if not rows:
@@ -362,7 +366,7 @@ class Engine:
 
     def _ended(self, row: Generation) -> bool:
         if row.cancelled:
-            self._emit(row, "finish", "cancelled")
+            self._emit(row, "finish", row.ended_by)
         return row.cancelled
 
     def _select(self, keep: list[int]) -> None:
@@ -438,7 +442,7 @@ def _check_layers(cache: DynamicCache) -> None:
     """Rows are merged by padding full key/value layers; a sliding-window layer keeps a window instead."""
     odd = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer})
     if odd:
-        raise ValueError(f"serving batches rows of full-attention models only; this model's cache has {odd} layers "
+        raise UserError(f"serving batches rows of full-attention models only; this model's cache has {odd} layers "
                          "(sliding-window attention)")
 
 

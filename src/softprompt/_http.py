@@ -238,7 +238,7 @@ class _Rows:
                 if event == "token":
                     delta, stopped = text.add(value)
                     if stopped:
-                        self.server.engine.cancel(self.rows[index])
+                        self.server.engine.cancel(self.rows[index], "stop")
                     if stopped or delta:
                         yield index, delta, self._end(running, index, "stop") if stopped else None
                 elif event == "finish":

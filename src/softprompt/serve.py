@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -65,9 +67,9 @@ def parse_prompts(values: list[str] | str | None) -> dict[str, str]:
         for item in value.split(","):
             name, sep, folder = item.partition("=")
             if not sep or not name.strip() or not folder.strip():
-                raise ValueError(f"--prompt {item!r}: expected NAME=FOLDER, e.g. --prompt e2e=runs/e2e")
+                raise UserError(f"--prompt {item!r}: expected NAME=FOLDER, e.g. --prompt e2e=runs/e2e")
             if name.strip() in prompts:
-                raise ValueError(f"--prompt: the name {name.strip()!r} is given twice; give each prompt its own name")
+                raise UserError(f"--prompt: the name {name.strip()!r} is given twice; give each prompt its own name")
             prompts[name.strip()] = folder.strip()
     return prompts
 
@@ -179,14 +181,15 @@ class Server:
     def add(self, name: str, folder: str | Path) -> Served:
         """Load a prompt and serve it as `name` (before the engine runs; afterwards `load` runs in its thread)."""
         if name in self.tasks:
-            raise ValueError(f"a task named {name!r} is served already; unload it first or pick another name")
+            raise UserError(f"a task named {name!r} is served already (the base model is served under --model's name); "
+                            "pick another name")
         self.tasks[name] = served = self.load(name, folder)
         return served
 
     def load(self, name: str, folder: str | Path) -> Served:
         """Put the prompt in `folder` on the model, not yet served (nothing else may touch the model meanwhile)."""
         if not name or name != name.strip():
-            raise ValueError(f"prompt name {name!r}: give a non-empty name without surrounding spaces")
+            raise UserError(f"prompt name {name!r}: give a non-empty name without surrounding spaces")
         return read_prompt(self.text, self.pm, name, self._key(), folder)
 
     def remove(self, name: str) -> None:
@@ -296,6 +299,12 @@ def serve(*, model: str, prompt: list[str] | None = None, host: str = "127.0.0.1
     from ._http import create_app
     from .models import load_model
 
+    for flag, value in (("--max-batch-size", max_batch_size), ("--max-queue", max_queue)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: give at least 1")
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: give a TCP port from 0 to 65535")
+    _check_address(host, port)  # before the model loads, which can take a while
     prompts = parse_prompts(prompt)
     base, tokenizer = load_model(model)
     server = Server(base, tokenizer, model, api_key=api_key or os.environ.get(API_KEY_VARIABLE) or None,
@@ -306,6 +315,23 @@ def serve(*, model: str, prompt: list[str] | None = None, host: str = "127.0.0.1
         raise UserError(f"{model} is not a causal LM, so only prompts can be served: give --prompt NAME=FOLDER")
     print(f"softprompt: serving {sorted(server.tasks)} on http://{host}:{port}", file=sys.stderr, flush=True)
     uvicorn.run(create_app(server), host=host, port=port, log_level="info")
+
+
+def _check_address(host: str, port: int) -> None:
+    """A one-line error now for an address uvicorn could not listen on later."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UserError(f"--host {host}: {exc.strerror or exc}; give an address of this machine, e.g. 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            fix = ("pick another port, or stop what listens there" if exc.errno == errno.EADDRINUSE
+                   else "give an address of this machine, e.g. 127.0.0.1")
+            raise UserError(f"--host {host} --port {port}: {exc.strerror or exc}; {fix}") from None
 
 
 __all__ = ["Metrics", "Served", "Server", "parse_prompts", "read_prompt", "serve"]
