@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import build, pad
@@ -67,3 +69,21 @@ def test_every_export_format_has_a_card(format, tmp_path):
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert card.data.library_name == ("peft" if format == "peft" else "softprompt")
     assert "softprompt" in card.data.tags and "| loss | 1.5 |" in card.text
+
+
+def test_a_training_runs_exports_carry_its_data_and_dev_scores(tmp_path):
+    import _tiny
+
+    from softprompt.train import TrainArgs, train
+
+    data, dev = _tiny.sentiment(tmp_path / "train.jsonl"), _tiny.sentiment(tmp_path / "dev.jsonl", 16, seed=1)
+    train(TrainArgs(method="p-tuning-v2", model=str(_tiny.bert(tmp_path / "bert")), data=str(data), dev=str(dev),
+                    out=str(tmp_path / "run"), num_virtual_tokens=2, max_steps=4, batch_size=16, eval_every=2))
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [e for e in events if e["event"] == "eval"][-1]
+    for folder in ("prompt", "best"):
+        card = ModelCard.load(tmp_path / "run" / folder / "README.md")
+        assert f"- data: {data}" in card.text and "- examples: 64" in card.text
+        assert card.data.metrics and all(name.startswith("dev ") for name in card.data.metrics)
+    final = ModelCard.load(tmp_path / "run" / "prompt" / "README.md")
+    assert "- steps: 4" in final.text and f"| dev accuracy | {last['accuracy']:.4g} |" in final.text

@@ -39,6 +39,7 @@ from ._collate import Collator
 from ._train_args import (CHANGEABLE_ON_RESUME, EVALS_PER_RUN, FIXED_ON_RESUME, METHOD_DEFAULTS, PATIENCE, WARMUP_SHARE,
                           TrainArgs, build_config, field_docs, method_options, resolve_defaults, resolve_resume,
                           total_steps)
+from .card import RunInfo
 from .checkpoint import load
 from .data import Example, label_set, read_examples
 from .errors import TrainError
@@ -285,9 +286,10 @@ class Trainer:
             self.state.update(best=scores[self.metric], bad_evals=0, best_step=self.state["step"], best_scores=scores,
                               best_predicted=predicted)
             if self.main:
-                self.pm.export(self.run / _run.BEST)
+                self.pm.export(self.run / _run.BEST, run=self.run_info(scores))
         else:
             self.state["bad_evals"] += 1
+        self.last_eval = (self.state["step"], scores)
         if self.main:
             _run.log_event(self.run, {"event": "eval", "step": self.state["step"], **scores})
         if self.patience and self.state["bad_evals"] >= self.patience:
@@ -349,11 +351,19 @@ class Trainer:
             bar.close()  # before any message about an interruption
         return self.finish()
 
+    def run_info(self, scores: dict[str, float] | None) -> RunInfo:
+        """What an export's model card says about this run: its data, rows and steps, and the prompt's dev scores."""
+        metrics = {f"dev {name}": value for name, value in (scores or {}).items() if isinstance(value, (int, float))}
+        return RunInfo(data=self.args.data or None, examples=len(self.train_examples), steps=self.state["step"],
+                       metrics=metrics)
+
     def finish(self) -> dict[str, Any]:
         self.optimizer.zero_grad(set_to_none=True)
         self.start()
         if self.main:
-            self.pm.export(self.run / _run.PROMPT)
+            step, scores = getattr(self, "last_eval", (None, None))  # the final prompt's scores, if it was evaluated
+            scores = scores if step == self.state["step"] else None
+            self.pm.export(self.run / _run.PROMPT, run=self.run_info(scores))
             _run.log_event(self.run, {"event": "end", "step": self.state["step"], "best_" + self.metric: self.state["best"],
                                       "best_step": self.state["best_step"]})
             _run.plot_curves(self.run, self.metric)
