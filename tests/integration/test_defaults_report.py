@@ -31,7 +31,7 @@ def test_smoke_rows_are_measured_stored_and_rendered(tmp_path: Path) -> None:
     stored = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results" / "defaults").glob("*.json")}
     assert sorted(stored) == sorted(ROWS)
     for name, row in stored.items():
-        assert row["smoke"] and row["steps"] == 2, name
+        assert row["smoke"] and row["steps"] == 2 and row["train_seconds"] > 0 and row["train_cpu_seconds"] > 0, name
         train, evaluate = row["commands"]
         assert train.startswith("softprompt train --method ") and " --max-steps 2" in train, name
         assert evaluate.startswith(f"softprompt eval --prompt {row['commands'][0].split('--out ')[1].split()[0]}")
