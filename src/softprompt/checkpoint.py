@@ -185,7 +185,8 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     """The checked contents of a prompt folder's ``softprompt.json``."""
     directory = Path(directory)
     if not is_prompt_folder(directory):
-        raise CheckpointError(f"{directory} is not a softprompt folder: it needs {META} and {TENSORS}")
+        raise CheckpointError(f"{directory} is not a softprompt folder: it needs {META} and {TENSORS} "
+                              "(or adapter_config.json, for a PEFT prompt adapter)")
     path = directory / META
     try:
         meta = json.loads(path.read_text())
