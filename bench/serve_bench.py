@@ -8,6 +8,8 @@ server in this process (uvicorn on loopback) and measures, with the official ``o
   (generated tokens per second, both ways);
 * **mixed tasks**: the same requests, 16 clients, spread over the eight prompts against all sent to
   one of them (the target is >= 0.9x);
+* **mixed tasks, the engine alone**: the same comparison with no HTTP and no clients, the rows queued at
+  once and run in this thread, in generated tokens per CPU second (steadier on a shared machine);
 * **serving overhead**: one greedy request at a time against ``PromptModel.generate`` called in
   this process for the same input and prompt (median latency; the answers are checked to be equal).
 
@@ -40,6 +42,7 @@ import torch
 import transformers
 
 import softprompt
+from softprompt._engine import Generation
 from softprompt.models import load_model
 from softprompt.serve import Server
 
@@ -113,12 +116,32 @@ def measure(name: str, model: str, root: Path, args: argparse.Namespace) -> list
     texts = requests_for(args.requests)
     tasks = list(folders)
     rows = []
+
+    # The engine alone, before the server starts: the same rows mixed over eight tasks or all of one task, timed
+    # in CPU seconds of this process (what a shared machine's other work does not change much).
+    def engine_run(jobs: list[tuple[str, str]]) -> float:
+        batch = [Generation(server.tasks[task].key, server.completion_ids(server.tasks[task], text), args.tokens,
+                            lambda event, value: None) for task, text in jobs]
+        server.engine.submit(batch)
+        start = time.process_time()
+        server.engine.run_pending()
+        return time.process_time() - start
+
+    mixed_jobs = [(tasks[i % 8], t) for i, t in enumerate(texts)]
+    single_jobs = [(tasks[0], t) for t in texts]
+    engine_run(single_jobs)  # warm-up
+    mixed, single = [], []
+    for _ in range(args.reps):
+        mixed.append(len(texts) * args.tokens / engine_run(mixed_jobs))
+        single.append(len(texts) * args.tokens / engine_run(single_jobs))
+    rows.append(row(name, "8 tasks mixed vs 1 task, the engine alone (no HTTP; CPU time)", mixed, single,
+                    "tokens/CPU-s", target=0.9))
+
     with serving(server) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
         send(client, [(tasks[0], t) for t in texts[:16]], args.tokens, 16)  # warm-up
 
         # 16 clients against one client at a time, the same requests (spread over the eight tasks).
-        mixed_jobs = [(tasks[i % 8], t) for i, t in enumerate(texts)]
         concurrent, sequential = [], []
         for _ in range(args.reps):
             concurrent.append(send(client, mixed_jobs, args.tokens, 16))
@@ -126,7 +149,6 @@ def measure(name: str, model: str, root: Path, args: argparse.Namespace) -> list
         rows.append(row(name, "16 clients vs 1 client at a time", concurrent, sequential, "tokens/s"))
 
         # Eight tasks mixed in the batches against one task, the same requests, 16 clients.
-        single_jobs = [(tasks[0], t) for t in texts]
         mixed, single = [], []
         for _ in range(args.reps):
             mixed.append(send(client, mixed_jobs, args.tokens, 16))

@@ -196,6 +196,13 @@ def test_chat_completions_apply_the_chat_template(client, server):
     assert "".join(c.choices[0].delta.content or "" for c in stream) == want
     prompted = client.chat.completions.create(model="names", messages=messages, max_tokens=8, temperature=0)
     assert prompted.model == "names"
+    tokenizer.chat_template, template = None, tokenizer.chat_template
+    try:
+        with pytest.raises(openai.BadRequestError, match="has no chat template; POST /v1/completions"):
+            client.chat.completions.create(model="gpt2", messages=messages, max_tokens=8)
+        assert not {m.id: m.model_dump() for m in client.models.list().data}["gpt2"]["chat"]
+    finally:
+        tokenizer.chat_template = template
 
 
 def test_a_stream_is_framed_as_openai_sends_it(url):
@@ -586,3 +593,33 @@ def test_bad_serve_flags_are_one_line_errors(gpt2, capsys):
             assert cli.main(["serve", "--model", str(model), *args]) == 2, args
             err = capsys.readouterr().err.strip().splitlines()
             assert says in err[-1] and err[-1].startswith("softprompt: error: "), (args, err)
+
+
+def test_an_engine_not_started_runs_its_queue_in_the_callers_thread(gpt2, expected):
+    """Engine.run_pending (what bench/serve_bench.py times) decodes as the engine's thread does."""
+    from softprompt._engine import Generation
+
+    model, runs = gpt2
+    base, tokenizer = load_model(str(model))
+    server = Server(base, tokenizer, "gpt2")
+    for name in GENERATING:
+        server.add(name, runs[name])
+    tokens: dict[tuple[str, str], list[int]] = {}
+
+    def row(task: str, text: str) -> Generation:
+        served = server.tasks[task]
+        mine = tokens.setdefault((task, text), [])
+        return Generation(served.key, server.completion_ids(served, text), 10,
+                          lambda event, value: mine.append(value) if event == "token" else None)
+
+    jobs = [(task, text) for text in TEXTS[:4] for task in GENERATING]
+    server.engine.submit([row(*job) for job in jobs])
+    server.engine.run_pending()
+    assert server.engine.active == 0 and server.engine.waiting == 0
+    assert [tokenizer.decode(tokens[job], skip_special_tokens=True).strip() for job in jobs] == [expected[j] for j in jobs]
+    server.engine.start()
+    try:
+        with pytest.raises(RuntimeError, match="thread is running"):
+            server.engine.run_pending()
+    finally:
+        server.engine.stop()

@@ -217,6 +217,16 @@ class Engine:
             self._retiring.add(task)
         self._wake.set()
 
+    def run_pending(self) -> None:
+        """Run every queued row to its end in the calling thread, for measurements without the engine's thread."""
+        if self.alive:
+            raise RuntimeError("the engine's thread is running; run_pending is for an engine that was not started")
+        with torch.no_grad():
+            while self._waiting or self._scoring or self._rows:
+                self._classify()
+                self._admit()
+                self._decode()
+
     # -- the engine's thread -------------------------------------------------------------------
     def _loop(self) -> None:
         with torch.no_grad():
