@@ -352,3 +352,20 @@ def test_a_decoding_loop_of_its_own_over_prepare_equals_generate(family, method)
             step = pm.prepare(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
             logits = pm.base_model(**step).logits[:, -1]
     assert torch.equal(torch.cat(tokens, dim=1), expected)
+
+
+def test_flex_attention_runs_through_sdpa_while_attached_and_comes_back_on_detach():
+    model = build("llama")
+    model.set_attn_implementation("flex_attention")
+    probe = _plain("llama", [7, 5])
+    before = _base_outputs(model, [probe])[0]
+    with pytest.warns(UserWarning, match="runs through SDPA .*'flex_attention' back on detach"):
+        pm = softprompt.attach(model, method_config("prefix-tuning"))
+    assert pm.original_attention == "flex_attention"
+    _perturb(pm)
+    with torch.no_grad():
+        pm(**_prompted("llama", "prefix-tuning", [6, 4]))
+    torch.testing.assert_close(_base_outputs(model, [probe])[0], before, atol=1e-6, rtol=1e-6)  # SDPA, not flex
+    pm.detach()
+    assert model.config._attn_implementation == "flex_attention"
+    assert torch.equal(_base_outputs(model, [probe])[0], before)

@@ -252,8 +252,8 @@ def install(model: nn.Module, owner: nn.Module, attention: bool = True) -> str:
         kept = current if current in NAMES else "sdpa"
         if attention and kept != current:
             warnings.warn(
-                f"softprompt attention runs prefixes through SDPA: {current!r} cannot take a key/value prefix "
-                f"here; the base model gets {current!r} back on detach()",
+                f"while attached, this model's attention runs through SDPA (its own calls too): {current!r} cannot "
+                f"take a key/value prefix here; the base model gets {current!r} back on detach()",
                 stacklevel=3,
             )
         record = _Attached(current, {name: p.requires_grad for name, p in model.named_parameters()}, attention)
