@@ -4,9 +4,16 @@
     .venv/bin/python reports/quality.py --only minilm-sst2   # one experiment (repeat --only for more)
     .venv/bin/python reports/quality.py --only smollm2-rte --row hand-written --force   # one row again
     .venv/bin/python reports/quality.py --render             # the report from the stored rows only
+    .venv/bin/python reports/quality.py --budget gpu         # the swept rows at the larger budget (GPU)
 
 Each measured row is stored as reports/results/<experiment>/<row>.json (test scores, best dev score,
-trainable parameters, wall time, settings); a stored row is not run again unless --force is given.
+trainable parameters, wall time, settings, the device it ran on); a stored row is not run again unless
+--force is given. A swept row first trains each setting of its learning-rate grid with seed 42 and scores
+it on the dev split only (reports/results/<experiment>/sweep/), then trains the setting with the best dev
+score with every seed and scores each on the test split (reports/results/<experiment>/seeds/); its row holds
+the seeds' mean and standard deviation. The seed-42 run of the chosen setting is the sweep's own run, its
+test split scored once afterwards, as the other seeds' are. ``--budget gpu`` runs the swept rows with more
+steps and the full training files, stored beside the CPU rows under their own names (<row>.gpu.json).
 The data come from ../shared/data (--data to point elsewhere); an experiment whose files are absent
 is skipped with a message. Training subsets are drawn with a fixed seed, the dev split picks the best
 checkpoint, and the test split is scored once, at the end. The prompt methods train through
@@ -42,6 +49,19 @@ from softprompt.train import TrainArgs, fit
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 42
 SMOKE = {"on": False}  # --smoke: a few examples and 2 steps per row, to check the script end to end
+BUDGET = {"name": "cpu"}  # --budget: the swept rows' steps and data sizes, "cpu" or "gpu"
+SEEDS = (42, 43, 44)
+
+
+def device_name() -> str:
+    """Where rows are measured: the GPU's name, else the CPU and its PyTorch threads."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
+
+
+def _budget(cpu: Any, gpu: Any) -> Any:
+    return gpu if BUDGET["name"] == "gpu" else cpu
 
 
 @dataclass
@@ -101,11 +121,30 @@ def rte(data: Path) -> Split:
 
 # -- rows --------------------------------------------------------------------------------------
 @dataclass
+class Sweep:
+    """A recipe trained at each point of a learning-rate grid (dev only), then at the chosen point with every seed."""
+
+    recipe: str
+    grid: list[dict[str, Any]]
+    """Recipe keys each point sets: ``lr``, and ``optimizer``/``schedule`` where a point uses another optimizer."""
+    steps: tuple[int, int]
+    """Optimizer steps at the CPU and the GPU budget."""
+    evals: tuple[int, int] = (1, 1)
+    """Dev evaluations per run at each budget (the last at the last step); the best picks the prompt scored."""
+    anchor: str | None = None
+    """Text around the input fields for a method without a template (Prompt Tuning): the hand-written prompt's."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Row:
     name: str
     label: str
-    run: Callable[[Split, Path], dict[str, Any]]
+    run: Callable[[Split, Path], dict[str, Any]] | None = None
     split: str = "main"
+    sweep: Sweep | None = None
+    compares: str = ""
+    """Which comparison the row makes, for the report (same anchor text and label words as which prompt)."""
 
 
 @dataclass
@@ -121,30 +160,62 @@ class Experiment:
     notes: list[str] = field(default_factory=list)
 
 
+def anchored(examples: list[Example], anchor: str | None) -> list[Example]:
+    """Each example's fields written into ``anchor`` (e.g. '{text} It was'), as the hand-written prompt has them."""
+    if anchor is None:
+        return examples
+    return [Example(text=anchor.format(**_fields(ex)), label=ex.label) for ex in examples]
+
+
+def by_length(examples: list[Example]) -> list[Example]:
+    """Shortest first: batches of like lengths pad less, so scoring is faster; the scores do not depend on order."""
+    return sorted(examples, key=lambda ex: len(str(ex.text)))
+
+
+def _recipe_values(recipe: str, overrides: dict[str, Any], out: Path) -> dict[str, Any]:
+    values = read_recipe(ROOT / "recipes" / recipe) | overrides | {"out": str(out), "overwrite": True}
+    if SMOKE["on"]:
+        values |= {"max_steps": 2, "eval_every": 1, "max_new_tokens": 4}
+    for name in ("data", "dev", "limit", "dev_limit"):
+        values.pop(name, None)
+    return values
+
+
+def train_recipe(recipe: str, overrides: dict[str, Any], split: Split, out: Path,
+                 anchor: str | None = None) -> dict[str, Any]:
+    """``softprompt.train.fit`` from a recipe with ``overrides``; the dev split picks the best prompt."""
+    args = TrainArgs(**_recipe_values(recipe, overrides, out))
+    start = time.perf_counter()
+    summary = fit(args, anchored(split.train, anchor), by_length(anchored(split.dev, anchor)))
+    return {"dev_best": summary["best"], "best_step": summary["best_step"], "steps": summary["steps"],
+            "trainable_parameters": summary["num_trainable_parameters"], "labels": summary["labels"],
+            "train_seconds": time.perf_counter() - start, "device": device_name(),
+            "settings": {"recipe": f"recipes/{recipe}", **overrides} | ({"anchor": anchor} if anchor else {})}
+
+
+def score_run(recipe: str, overrides: dict[str, Any], out: Path, test: list[Example], labels: list[str],
+              anchor: str | None = None) -> dict[str, Any]:
+    """The run's best prompt (else its last) scored on ``test``."""
+    args = TrainArgs(**_recipe_values(recipe, overrides, out))
+    model, tokenizer = load_model(args.model)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    best = out / "best" if (out / "best").is_dir() else out / "prompt"
+    pm = load(model, best, tokenizer=tokenizer)
+    collator = Collator(pm, args.task_type, labels, args.max_length, args.separator)
+    start = time.perf_counter()
+    scores, predictions = evaluate(collator, by_length(anchored(test, anchor)), args.eval_batch_size,
+                                   args.max_new_tokens)
+    return {"test": scores, "saved_parameters": pm.num_trainable_parameters(),
+            "test_seconds": time.perf_counter() - start, "sample_predictions": predictions[:3]}
+
+
 def recipe_row(recipe: str, **overrides: Any) -> Callable[[Split, Path], dict[str, Any]]:
     """Train with ``softprompt.train.fit`` from a recipe, then score the best prompt on the test split."""
 
     def run(split: Split, out: Path) -> dict[str, Any]:
-        values = read_recipe(ROOT / "recipes" / recipe) | overrides | {"out": str(out)}
-        if SMOKE["on"]:
-            values |= {"max_steps": 2, "eval_every": 1, "max_new_tokens": 4}
-        for name in ("data", "dev", "limit", "dev_limit"):
-            values.pop(name, None)
-        args = TrainArgs(**values)
-        start = time.perf_counter()
-        summary = fit(args, split.train, split.dev)
-        trained = time.perf_counter() - start
-        model, tokenizer = load_model(args.model)
-        best = out / "best" if (out / "best").is_dir() else out / "prompt"
-        pm = load(model, best, tokenizer=tokenizer)
-        collator = Collator(pm, args.task_type, summary["labels"], args.max_length, args.separator)
-        start = time.perf_counter()
-        scores, predictions = evaluate(collator, split.test, args.eval_batch_size, args.max_new_tokens)
-        return {"test": scores, "dev_best": summary["best"], "best_step": summary["best_step"],
-                "steps": summary["steps"], "trainable_parameters": summary["num_trainable_parameters"],
-                "saved_parameters": pm.num_trainable_parameters(),
-                "train_seconds": trained, "test_seconds": time.perf_counter() - start,
-                "settings": {"recipe": f"recipes/{recipe}", **overrides}, "sample_predictions": predictions[:3]}
+        trained = train_recipe(recipe, overrides, split, out)
+        return trained | score_run(recipe, overrides, out, split.test, trained.pop("labels"))
 
     return run
 
@@ -344,26 +415,57 @@ def _e2e_verdict(results: dict[str, dict]) -> str:
     dev_words, dev_rand = (results[row]["dev_best"] for row in ("prefix-tuning-100-words", "prefix-tuning-100-random"))
     agree = (words > rand) == (dev_words > dev_rand)
     init = ("reproduced" if words > rand else "not reproduced") if agree else "not resolved"
-    return (f"BLEU: prefix-tuning {prefix:.1f}, prompt tuning {prompt:.1f}, untuned {bare:.1f}. Prefix-tuning "
-            f"above prompt tuning: {'reproduced' if prefix > prompt else 'not reproduced'}. With 100 pairs, a "
+    swept = results["prompt-tuning"]
+    if "test_sd" in swept:
+        # One prefix run against the seeds' mean: the prefix run is taken to vary from seed to seed as much as a
+        # prompt-tuning run does, so the gap's standard error is sd * sqrt(1 + 1/n).
+        sd, n = swept["test_sd"]["bleu"], len(swept["seeds"])
+        above = _compare(prefix - prompt, 2 * sd * (1 + 1 / n) ** 0.5)
+        prompt_text = (f"prompt tuning {prompt:.1f} ± {sd:.1f} (mean ± sd of {n} seeds at the learning rate the "
+                       f"dev sources chose)")
+    else:
+        above, prompt_text = ("reproduced" if prefix > prompt else "not reproduced"), f"prompt tuning {prompt:.1f}"
+    return (f"BLEU: prefix-tuning {prefix:.1f}, {prompt_text}, untuned {bare:.1f}. Prefix-tuning "
+            f"above prompt tuning: {above}. With 100 pairs, a "
             f"prefix initialised from real words scores {words:.1f} against {rand:.1f} from random on the test "
             f"sources and {dev_words:.1f} against {dev_rand:.1f} on the dev sources (one seed; a finding counts "
             f"when test and dev agree): real-word init helping in low data is {init}.")
 
 
+def _row_error(result: dict, metric: str, test_size: int) -> float:
+    """Standard error, in points, of a row's test score: test sampling, plus the spread of its seeds' mean."""
+    points, sd = 100 * result["test"][metric], 100 * result.get("test_sd", {}).get(metric, 0.0)
+    return (_error(points, test_size) ** 2 + sd ** 2 / len(result.get("seeds", [None]))) ** 0.5
+
+
+def _seed_note(results: dict[str, dict]) -> str:
+    seeds = max((len(r.get("seeds", [None])) for r in results.values()), default=1)
+    if seeds == 1:
+        return "One seed per row"
+    return (f"Trained rows: the mean of {seeds} seeds at the learning rate the dev split chose, ± the seeds' "
+            f"standard deviation; a row's standard error adds the test sampling error and the seeds' sd/√{seeds}")
+
+
 def _classification_verdict(test_size: int) -> Callable[[dict], str]:
     def verdict(results: dict[str, dict]) -> str:
-        p, s, h = (_score(results, r, "accuracy") for r in ("p-tuning", "prompt-tuning", "hand-written"))
-        if None in (p, s, h):
+        rows = ("p-tuning", "prompt-tuning", "hand-written")
+        if any(row not in results for row in rows):
             return "not all rows are measured yet."
-        margin = 2 * _error((p + s + h) / 3, test_size)
+        (p, s, h), (ep, es, eh) = ([_score(results, r, "accuracy") for r in rows],
+                                   [_row_error(results[r], "accuracy", test_size) for r in rows])
+        gap = lambda a, b: 2 * (a ** 2 + b ** 2) ** 0.5
         chance = 100 * results["hand-written"].get("majority", 0.0)
-        near_chance = max(p, s, h) - chance <= margin
-        return (f"accuracy: P-Tuning {p:.1f}, prompt tuning {s:.1f}, hand-written prompt {h:.1f}. P-Tuning above "
-                f"the hand-written prompt: {_compare(p - h, margin)}; above prompt tuning: "
-                f"{_compare(p - s, margin)}." + (f" No row is above the majority class ({chance:.1f}) by more "
-                                                   f"than two standard errors." if near_chance else "")
-                + " " + _resolution((p + s + h) / 3, test_size))
+        above = [name for name, score, err in (("P-Tuning", p, ep), ("prompt tuning", s, es), ("hand-written", h, eh))
+                 if score - chance > 2 * err]
+        sd = lambda r: (f" ± {100 * results[r]['test_sd']['accuracy']:.1f}" if "test_sd" in results[r] else "")
+        return (f"accuracy: P-Tuning {p:.1f}{sd('p-tuning')}, prompt tuning {s:.1f}{sd('prompt-tuning')}, "
+                f"hand-written prompt {h:.1f}. P-Tuning above the hand-written prompt: {_compare(p - h, gap(ep, eh))}; "
+                f"above prompt tuning: {_compare(p - s, gap(ep, es))}; prompt tuning above the hand-written prompt: "
+                f"{_compare(s - h, gap(es, eh))}. Above the majority class ({chance:.1f}) by more than two standard "
+                f"errors: {', '.join(above) if above else 'no row'}. {_seed_note(results)}; on {test_size} test "
+                f"examples the sampling error of an accuracy near {(p + s + h) / 3:.0f} is "
+                f"{_error((p + s + h) / 3, test_size):.1f} points. A gap counts as resolved when it is above two "
+                f"standard errors of the difference.")
 
     return verdict
 
@@ -388,6 +490,11 @@ BUDGETS = {"Short budget": ("p-tuning-v2", "prompt-tuning", "fine-tuning"),
 E2E_PREFIX = "smollm2/prefix_tuning.yaml"
 SST2_WORDS = {"0": "terrible", "1": "great"}
 RTE_WORDS = {"entailment": "yes", "not_entailment": "no"}
+SST2_ANCHOR = "{text} It was"
+RTE_ANCHOR = "{premise} Question: {hypothesis} Yes or no? Answer:"
+# Learning-rate grids (AdamW, linear decay, 6 % warmup), each spanning a decade around the recipes' rate.
+TABLE_GRID = [{"lr": 1e-2}, {"lr": 3e-2}, {"lr": 1e-1}]  # Prompt Tuning's table of soft tokens
+LSTM_GRID = [{"lr": 1e-3}, {"lr": 3e-3}, {"lr": 1e-2}]  # P-Tuning's LSTM prompt encoder
 
 EXPERIMENTS: dict[str, Experiment] = {
     "minilm-sst2": Experiment(
@@ -430,7 +537,7 @@ EXPERIMENTS: dict[str, Experiment] = {
               Row("prefix-tuning", "Prefix-Tuning (10 positions, MLP 512, init 'table-to-text:'), 600 pairs",
                   recipe_row(E2E_PREFIX, max_steps=150, eval_every=75)),
               Row("prompt-tuning", "Prompt Tuning (10 input tokens, init 'table-to-text:'), 600 pairs",
-                  recipe_row("smollm2/prompt_tuning_e2e.yaml", max_steps=150, eval_every=75)),
+                  sweep=Sweep("smollm2/prompt_tuning_e2e.yaml", TABLE_GRID, steps=(150, 1000), evals=(2, 5))),
               Row("prefix-tuning-100-words", "Prefix-Tuning, 100 pairs, init from 'table-to-text:'",
                   recipe_row(E2E_PREFIX, max_steps=60, eval_every=30), split="low"),
               Row("prefix-tuning-100-random", "Prefix-Tuning, 100 pairs, random init",
@@ -439,125 +546,314 @@ EXPERIMENTS: dict[str, Experiment] = {
         notes=["Scale: SmolLM2-135M-Instruct instead of GPT-2 Medium, 150 optimizer steps on 600 pairs instead "
                "of 5 epochs over E2E's 42k training pairs (not shipped here). BLEU is sacrebleu's corpus BLEU "
                "with every reference of a source, not the challenge's official script. Learning rates: "
-               "Prefix-Tuning AdamW 1e-3 (5e-4 and 2e-3 gave the same training loss over 40 steps), Prompt "
-               "Tuning AdamW 3e-2 (below Adafactor 0.3 in training loss over 20 steps); nothing was chosen on "
-               "the test split. The paper's comparison with full fine-tuning is not run here.", ""]),
+               "Prefix-Tuning AdamW 1e-3 (5e-4 and 2e-3 gave the same training loss over 40 steps); Prompt "
+               "Tuning is swept (AdamW 1e-2, 3e-2, 1e-1 on the 30 dev sources, 150 steps on CPU, 1,000 at the GPU "
+               "budget), and until its sweep is stored the row is the earlier one-seed run at AdamW 3e-2; nothing "
+               "was chosen on the test split. The paper's comparison with full fine-tuning is not run here.", ""]),
     "smollm2-sst2": Experiment(
         title="SmolLM2-135M on SST-2: P-Tuning vs Prompt Tuning vs a hand-written prompt (label words)",
         claim="P-Tuning: trained soft tokens around anchor words beat a hand-written prompt with the same "
               "label words.",
         kind="classification", metric="accuracy",
-        splits={"main": lambda data: sst2(data, train=800, dev=300)},
+        splits={"main": lambda data: sst2(data, train=_budget(800, 10**6), dev=_budget(200, 872))},
         rows=[Row("hand-written", "Hand-written prompt `{text} It was` + great/terrible",
-                  hand_prompt_row("{text} It was", SST2_WORDS)),
+                  hand_prompt_row(SST2_ANCHOR, SST2_WORDS)),
               Row("p-tuning", "P-Tuning (LSTM encoder, `[P:3] {text} [P:3] It was [MASK]`)",
-                  recipe_row("smollm2/p_tuning.yaml", max_steps=100, eval_every=50)),
-              Row("prompt-tuning", "Prompt Tuning (20 tokens, init from label words)",
-                  recipe_row("smollm2/prompt_tuning.yaml", max_steps=100, eval_every=50))],
+                  sweep=Sweep("smollm2/p_tuning.yaml", LSTM_GRID, steps=(24, 1000), evals=(1, 5)),
+                  compares="6 soft tokens added to the hand-written prompt's anchor and words"),
+              Row("prompt-tuning", "Prompt Tuning (20 tokens, init from label words, before `{text} It was`)",
+                  sweep=Sweep("smollm2/prompt_tuning.yaml", TABLE_GRID, steps=(24, 1000), evals=(1, 5),
+                              anchor=SST2_ANCHOR),
+                  compares="20 soft tokens before the hand-written prompt, same anchor and words")],
         verdict=_classification_verdict(872), files=["sst2/train.tsv", "sst2/dev.tsv", "sst2/test.tsv"],
-        notes=["Scale: a 135M causal LM, 800 training sentences and 100 steps. The label word is scored as the "
-               "next token after the template.", ""]),
+        notes=["Scale: a 135M causal LM. The label word is scored as the next token after the anchor text; the "
+               "three rows share the anchor `It was` and the words terrible/great, so each trained row measures "
+               "what its soft tokens add to the hand-written prompt. Prompt Tuning has no template: each "
+               "sentence is written as `{text} It was` before training and scoring. Budgets of the swept rows: "
+               "CPU, 24 steps of 16 rows from 800 random train.tsv rows, 200 dev.tsv rows scored once, at the "
+               "last step (so the last prompt is the one scored); GPU (`--budget gpu`), 1,000 steps on all of "
+               "train.tsv, all 872 dev.tsv rows scored 5 times. The learning rates of the earlier recipes were "
+               "Adafactor 0.3, constant (Lester et al.'s T5 setting) for Prompt Tuning on the bare `{text}`, and "
+               "AdamW 1e-3 for P-Tuning; over 100 steps neither moved the training loss from about 0.69.", ""]),
     "smollm2-rte": Experiment(
         title="SmolLM2-135M on FewGLUE RTE (32 examples): P-Tuning vs Prompt Tuning vs a hand-written prompt",
         claim="P-Tuning: in the few-shot setting trained soft tokens beat hand-written prompts.",
         kind="classification", metric="accuracy",
         splits={"main": rte},
-        rows=[Row("hand-written", "Hand-written prompt `{premise} Question: {hypothesis} Yes or no? Answer:`",
-                  hand_prompt_row("{premise} Question: {hypothesis} Yes or no? Answer:", RTE_WORDS)),
-              Row("p-tuning", "P-Tuning (LSTM encoder, same words around 9 soft tokens)",
-                  recipe_row("smollm2/p_tuning_rte.yaml", max_steps=60, eval_every=8)),
-              Row("prompt-tuning", "Prompt Tuning (20 tokens, init from label words)",
-                  recipe_row("smollm2/prompt_tuning_rte.yaml", max_steps=60, eval_every=8))],
+        rows=[Row("hand-written", f"Hand-written prompt `{RTE_ANCHOR}`", hand_prompt_row(RTE_ANCHOR, RTE_WORDS)),
+              Row("p-tuning", "P-Tuning (LSTM encoder, the hand-written prompt's words around 9 soft tokens)",
+                  sweep=Sweep("smollm2/p_tuning_rte.yaml", LSTM_GRID, steps=(24, 300), evals=(3, 10)),
+                  compares="9 soft tokens added to the hand-written prompt's anchors and words"),
+              Row("prompt-tuning", "Prompt Tuning (20 tokens, init from label words, before the hand-written prompt)",
+                  sweep=Sweep("smollm2/prompt_tuning_rte.yaml", TABLE_GRID, steps=(24, 300), evals=(3, 10),
+                              anchor=RTE_ANCHOR),
+                  compares="20 soft tokens before the hand-written prompt, same anchors and words")],
         verdict=_classification_verdict(277),
         files=[f"fewglue/RTE/{name}.jsonl" for name in ("train", "dev32", "val")],
-        notes=["Scale: a 135M causal LM and 60 steps on the 32 examples; the paper's FewGLUE results use "
-               "ALBERT-xxlarge-size models. RTE asks for inference a model of this size does not show with "
-               "any of the three prompts.", ""]),
+        notes=["Scale: a 135M causal LM on the 32 examples; the paper's FewGLUE results use ALBERT-xxlarge-size "
+               "models. The three rows share the anchors and the words yes/no; Prompt Tuning has no template, so "
+               "each pair is written into the hand-written prompt before training and scoring. dev32 both "
+               "chooses the learning rate and picks the checkpoint. Budgets of the swept rows: CPU, 24 steps of "
+               "8 (6 passes over the 32 examples), dev32 scored 3 times; GPU, 300 steps, dev32 scored 10 times.",
+               ""]),
 }
-
-
 # -- running and rendering ---------------------------------------------------------------------
+def _write(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _suffix() -> str:
+    """Stored names of the swept rows at the GPU budget: <row>.gpu.json beside the CPU budget's <row>.json."""
+    return ".gpu" if BUDGET["name"] == "gpu" else ""
+
+
+def _point_name(point: dict[str, Any]) -> str:
+    return "-".join(f"{key}{value:g}" if isinstance(value, float) else f"{key}-{value}" for key, value in point.items())
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def _sweep_plan(sweep: Sweep) -> tuple[dict[str, Any], list[dict[str, Any]], tuple[int, ...]]:
+    """The overrides every run of a sweep shares, its grid and its seeds (smoke: both paths, fewer runs)."""
+    steps = 2 if SMOKE["on"] else _budget(*sweep.steps)
+    base = sweep.overrides | {"max_steps": steps, "eval_every": max(1, steps // _budget(*sweep.evals)), "patience": 0}
+    return (base, sweep.grid[:2], SEEDS[:2]) if SMOKE["on"] else (base, sweep.grid, SEEDS)
+
+
+def sweep_points(name: str, row: Row, split: Split, results: Path, runs: Path, force: bool) -> list[dict[str, Any]]:
+    """Each grid point trained with seed 42 and scored on the dev split only; each stored as it ends."""
+    sweep, suffix = row.sweep, _suffix()
+    base, grid, _ = _sweep_plan(sweep)
+    points = []
+    for point in grid:
+        path = results / name / "sweep" / f"{row.name}-{_point_name(point)}{suffix}.json"
+        out = runs / name / f"{row.name}-{_point_name(point)}{suffix}"
+        if path.exists() and not force and (out / "prompt").is_dir():
+            points.append(json.loads(path.read_text()))
+            continue
+        print(f"== {name} / {row.name} sweep {point}", file=sys.stderr, flush=True)
+        torch.manual_seed(SEED)
+        trained = train_recipe(sweep.recipe, base | point | {"seed": SEEDS[0]}, split, out, sweep.anchor)
+        trained |= {"point": point, "run": str(out), "budget": BUDGET["name"], "dev_examples": len(split.dev)}
+        _write(path, trained)
+        points.append(trained)
+    return points
+
+
+def measure_sweep(name: str, row: Row, split: Split, results: Path, runs: Path, force: bool,
+                  count: int | None = None) -> dict[str, Any]:
+    """The grid on dev (seed 42), then the best dev point with the first ``count`` seeds (all: None) on test."""
+    sweep, suffix = row.sweep, _suffix()
+    base, _, seeds_run = _sweep_plan(sweep)
+    seeds_run = seeds_run[:count]
+    points = sweep_points(name, row, split, results, runs, False)  # measure() has run them, forced or not
+    chosen = max(points, key=lambda r: r["dev_best"])  # the first point of the grid wins a tie
+    seeds = []
+    for seed in seeds_run:
+        path = results / name / "seeds" / f"{row.name}-seed{seed}{suffix}.json"
+        fresh = force and seed == seeds_run[-1]  # measure() asks for one more seed per round; --force reruns that one
+        stored = json.loads(path.read_text()) if path.exists() and not fresh else None
+        if stored is not None and stored["point"] == chosen["point"]:
+            seeds.append(stored)
+            continue
+        print(f"== {name} / {row.name} seed {seed} at {chosen['point']}", file=sys.stderr, flush=True)
+        overrides = base | chosen["point"] | {"seed": seed}
+        if seed == SEEDS[0]:
+            out, trained = Path(chosen["run"]), {k: v for k, v in chosen.items() if k not in ("point", "run")}
+        else:
+            out = runs / name / f"{row.name}-seed{seed}{suffix}"
+            torch.manual_seed(seed)
+            trained = train_recipe(sweep.recipe, overrides, split, out, sweep.anchor)
+        scored = trained | score_run(sweep.recipe, overrides, out, split.test, trained["labels"], sweep.anchor)
+        scored |= {"seed": seed, "point": chosen["point"], "budget": BUDGET["name"]}
+        _write(path, scored)
+        seeds.append(scored)
+    test = {metric: _mean_sd([s["test"][metric] for s in seeds]) for metric in seeds[0]["test"]}
+    first = seeds[0]
+    return {"test": {m: v[0] for m, v in test.items()}, "test_sd": {m: v[1] for m, v in test.items()},
+            "seeds": [{"seed": s["seed"], "test": s["test"], "dev_best": s["dev_best"],
+                       "train_seconds": s["train_seconds"], "test_seconds": s["test_seconds"]} for s in seeds],
+            "dev_best": _mean_sd([s["dev_best"] for s in seeds])[0], "best_step": first["best_step"],
+            "steps": first["steps"], "trainable_parameters": first["trainable_parameters"],
+            "saved_parameters": first["saved_parameters"],
+            "train_seconds": _mean_sd([s["train_seconds"] for s in seeds])[0],
+            "test_seconds": _mean_sd([s["test_seconds"] for s in seeds])[0],
+            "sweep": [{"point": p["point"], "dev": p["dev_best"], "steps": p["steps"], "device": p["device"],
+                       "train_seconds": p["train_seconds"]} for p in points],
+            "dev_examples": len(split.dev), "chosen": chosen["point"], "device": first["device"],
+            "budget": BUDGET["name"], "settings": first["settings"] | {"seed": list(seeds_run)},
+            "sample_predictions": first["sample_predictions"]}
+
+
 def measure(name: str, experiment: Experiment, data: Path, results: Path, runs: Path, force: bool,
             only_rows: list[str] | None = None) -> None:
     splits: dict[str, Split] = {}
-    for row in experiment.rows:
-        path = results / name / f"{row.name}.json"
-        if (path.exists() and not force) or (only_rows and row.name not in only_rows):
-            continue
+
+    def split_of(row: Row) -> Split:
         if row.split not in splits:
             split = experiment.splits[row.split](data)
             if SMOKE["on"]:
                 split = Split(split.train[:200], split.dev[:4], split.test[:4], split.note)
             splits[row.split] = split
-        split = splits[row.split]
-        print(f"== {name} / {row.name}: {len(split.train)} train, {len(split.dev)} dev, {len(split.test)} test",
-              file=sys.stderr, flush=True)
-        torch.manual_seed(SEED)
-        result = row.run(split, runs / name / row.name)
-        result |= {"label": row.label, "data": split.note, "train_examples": len(split.train),
-                   "threads": torch.get_num_threads()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        tmp.replace(path)
+        return splits[row.split]
+
+    row_path = lambda row: results / name / f"{row.name}{_suffix()}.json"
+
+    def wanted(row: Row) -> bool:
+        if BUDGET["name"] == "gpu" and row.sweep is None:
+            return False  # the larger budget is for the swept rows; the others stay as measured
+        path = row_path(row)
+        stored = json.loads(path.read_text()) if path.exists() and not force else None
+        done = stored is not None and (row.sweep is None or len(stored.get("seeds", [])) == len(_sweep_plan(row.sweep)[2]))
+        return not done and not (only_rows and row.name not in only_rows)
+
+    def store(row: Row, result: dict[str, Any]) -> None:
+        split = split_of(row)
+        _write(row_path(row), result | {"label": row.label, "data": split.note, "train_examples": len(split.train),
+                                        "threads": torch.get_num_threads()})
+
+    for row in experiment.rows:
+        if row.sweep is None and wanted(row):
+            split = split_of(row)
+            print(f"== {name} / {row.name}: {len(split.train)} train, {len(split.dev)} dev, {len(split.test)} test",
+                  file=sys.stderr, flush=True)
+            torch.manual_seed(SEED)
+            store(row, row.run(split, runs / name / row.name) | {"device": device_name()})
+    # Every sweep first, then the seeds in rounds (each row's first seed, then each row's second, ...), each row
+    # stored after each round: a run cut short leaves every swept row with as many seeds as the others.
+    swept = [row for row in experiment.rows if row.sweep is not None and wanted(row)]
+    for row in swept:
+        sweep_points(name, row, split_of(row), results, runs, force)
+    for count in range(1, len(SEEDS) + 1):
+        for row in swept:
+            if count <= len(_sweep_plan(row.sweep)[2]):
+                store(row, measure_sweep(name, row, split_of(row), results, runs, force, count))
 
 
-def _cell(value: float | None, scale: float = 1.0) -> str:
-    return "—" if value is None else f"{value * scale:.1f}"
+def _cell(value: float | None, scale: float = 1.0, sd: float | None = None) -> str:
+    if value is None:
+        return "—"
+    return f"{value * scale:.1f}" + ("" if sd is None else f" ± {sd * scale:.1f}")
 
 
-def _stored(results_dir: Path, name: str, experiment: Experiment) -> dict[str, dict]:
-    stored = {row.name: results_dir / name / f"{row.name}.json" for row in experiment.rows}
+def _stored(results_dir: Path, name: str, experiment: Experiment, suffix: str = "") -> dict[str, dict]:
+    """The stored rows; with ``suffix`` '.gpu', the swept rows of the GPU budget in place of the CPU ones."""
+    stored = {row.name: results_dir / name / f"{row.name}{suffix if row.sweep else ''}.json" for row in experiment.rows}
     return {row: json.loads(path.read_text()) for row, path in stored.items() if path.exists()}
+
+
+def _has_gpu_rows(results_dir: Path, name: str, experiment: Experiment) -> bool:
+    return any((results_dir / name / f"{row.name}.gpu.json").exists() for row in experiment.rows if row.sweep)
+
+
+def _verdicts(results_dir: Path, name: str, experiment: Experiment) -> str:
+    text = experiment.verdict(_stored(results_dir, name, experiment))
+    if _has_gpu_rows(results_dir, name, experiment):
+        text += " At the GPU budget: " + experiment.verdict(_stored(results_dir, name, experiment, ".gpu"))
+    return text
 
 
 def summary(results_dir: Path) -> list[str]:
     """One line per experiment: its verdict, for the top of the report (and the README)."""
     lines = ["| experiment | measured |", "|---|---|"]
     for name, experiment in EXPERIMENTS.items():
-        lines.append(f"| {experiment.title.split(':')[0]} | {experiment.verdict(_stored(results_dir, name, experiment))} |")
+        lines.append(f"| {experiment.title.split(':')[0]} | {_verdicts(results_dir, name, experiment)} |")
+    return lines
+
+
+def _where(r: dict) -> str:
+    """Where a stored row was measured (rows stored before the device was recorded ran on CPU threads)."""
+    device = r.get("device") or f"CPU, {r.get('threads', 1)} thread{'s' if r.get('threads', 1) > 1 else ''}"
+    budget = r.get("budget")
+    return device + (f", {budget} budget" if budget else "")
+
+
+def _point(point: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}" for key, value in point.items())
+
+
+def _sweep_lines(experiment: Experiment, rows: list[tuple[str, dict]]) -> list[str]:
+    """The sweep's table: each grid point's dev score (seed 42), the chosen one in bold."""
+    scale = 1 if experiment.kind == "generation" else 100
+    metric = {"generation": "dev BLEU", "token-classification": "dev F1"}.get(experiment.kind, "dev accuracy")
+    lines = [f"| sweep: run | setting (AdamW, linear decay) | {metric} | steps | wall (min) | measured on |",
+             "|---|---|---|---|---|---|"]
+    for label, r in rows:
+        for point in r["sweep"]:
+            chosen = point["point"] == r["chosen"]
+            cell = _cell(point["dev"], scale)
+            lines.append(f"| {label} | {_point(point['point'])}{' (chosen)' if chosen else ''} | "
+                         f"{f'**{cell}**' if chosen else cell} | {point['steps']} | {point['train_seconds'] / 60:.1f} | "
+                         f"{point['device']} |")
     return lines
 
 
 def render(results_dir: Path) -> str:
     lines = ["# Quality report", "",
              "Generated by `reports/quality.py` from the rows stored in `reports/results/` "
-             "(rerun it to measure again). CPU only, one PyTorch thread, seed 42. Scores are on the "
-             "test split, from the checkpoint the dev split chose; the test split never chose anything. "
-             "Wall time is training plus scoring the test split, in minutes, with the experiments run as two "
-             "processes side by side on a shared 2-core machine: it shows the order of cost, not a speed "
-             "comparison between rows. Trained params are what the "
-             "optimizer updated (with a reparameterization MLP or LSTM where the method has one); saved params "
-             "are what the exported prompt holds and inference uses.", ""] + summary(results_dir) + [""]
+             "(rerun it to measure again). One PyTorch thread on CPU; each row names where it was measured. "
+             "Scores are on the test split, from the checkpoint the dev split chose; the test split never "
+             "chose anything. Rows marked with ± are swept: a small learning-rate grid trained with seed 42 "
+             "and scored on the dev split only (the sweep tables), then the setting with the best dev score "
+             "trained with seeds 42, 43 and 44 (the seed-42 run is the sweep's own, scored on test afterwards "
+             "as the others are); the row gives the seeds' mean ± standard deviation on test, and the "
+             "verdicts are computed from the means. Other rows are one seed (42). Wall time is training plus "
+             "scoring the test split, in minutes (for swept rows the mean of one seed's run), on a 2-core machine "
+             "shared with other jobs: it shows the order of cost, not a speed comparison between rows. Trained "
+             "params are what the optimizer updated (with a reparameterization MLP or LSTM where the method has "
+             "one); saved params are what the exported prompt holds and inference uses.", ""] + summary(results_dir) + [""]
     for name, experiment in EXPERIMENTS.items():
         results = _stored(results_dir, name, experiment)
+        gpu = _stored(results_dir, name, experiment, ".gpu") if _has_gpu_rows(results_dir, name, experiment) else {}
         lines += [f"## {experiment.title}", "", f"Paper's finding: {experiment.claim}", ""]
         if experiment.kind == "generation":
-            head = "| run | trained params | saved params | BLEU | ROUGE-L | dev BLEU | steps | wall (min) |"
+            head = "| run | trained params | saved params | BLEU | ROUGE-L | dev BLEU | steps | wall (min) | measured on |"
         elif experiment.kind == "token-classification":
-            head = "| run | trained params | saved params | entity F1 | precision | recall | dev F1 | steps | wall (min) |"
+            head = ("| run | trained params | saved params | entity F1 | precision | recall | dev F1 | steps | wall (min) "
+                    "| measured on |")
         else:
-            head = "| run | trained params | saved params | accuracy | macro-F1 | dev accuracy | steps | wall (min) |"
+            head = "| run | trained params | saved params | accuracy | macro-F1 | dev accuracy | steps | wall (min) | measured on |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
-        for row in experiment.rows:
-            r = results.get(row.name)
+        listed = [(row, row.label, results.get(row.name)) for row in experiment.rows]
+        listed += [(row, f"{row.label}, GPU budget", gpu[row.name]) for row in experiment.rows
+                   if row.sweep and row.name in gpu]
+        swept: list[tuple[str, dict]] = []
+        for row, label, r in listed:
             if r is None:
-                lines.append(f"| {row.label} | not measured |" + " |" * (head.count("|") - 3))
+                lines.append(f"| {label} | not measured |" + " |" * (head.count("|") - 3))
                 continue
-            t, dev = r["test"], r.get("dev_best")
+            if row.sweep and "sweep" in r:
+                swept.append((label, r))
+            elif row.sweep:
+                label = f"{r['label']} (before the sweep: the earlier recipe, one seed)"
+            t, sd, dev = r["test"], r.get("test_sd", {}), r.get("dev_best")
             wall = (r["train_seconds"] + r["test_seconds"]) / 60
             params = f"{r['trainable_parameters']:,} | {r.get('saved_parameters', r['trainable_parameters']):,}"
             steps = r.get("steps", "—")
             if experiment.kind == "generation":
-                cells = [_cell(t["bleu"]), _cell(t["rouge_l"]), _cell(dev)]
+                cells = [_cell(t["bleu"], 1, sd.get("bleu")), _cell(t["rouge_l"], 1, sd.get("rouge_l")), _cell(dev)]
             elif experiment.kind == "token-classification":
                 cells = [_cell(t["f1"], 100), _cell(t["precision"], 100), _cell(t["recall"], 100), _cell(dev, 100)]
             else:
-                cells = [_cell(t["accuracy"], 100), _cell(t["macro_f1"], 100), _cell(dev, 100)]
-            lines.append(f"| {row.label} | {params} | " + " | ".join(cells) + f" | {steps} | {wall:.1f} |")
-        notes = sorted({r["data"] for r in results.values()})
-        lines += ["", "Data: " + "; ".join(notes) if notes else "Data: not measured.", "",
-                  f"Measured: {experiment.verdict(results)}", ""]
+                cells = [_cell(t["accuracy"], 100, sd.get("accuracy")), _cell(t["macro_f1"], 100, sd.get("macro_f1")),
+                         _cell(dev, 100)]
+            lines.append(f"| {label} | {params} | " + " | ".join(cells) + f" | {steps} | {wall:.1f} | {_where(r)} |")
+        compared = [f"{row.label.split(' (')[0]}: {row.compares}" for row in experiment.rows if row.sweep and row.compares]
+        notes = sorted({r["data"] for _, _, r in listed if r is not None})
+        lines += [""]
+        if compared:
+            lines += ["Each row against the hand-written prompt: " + "; ".join(compared) + ".", ""]
+        if swept:
+            lines += _sweep_lines(experiment, swept) + [""]
+        lines += ["Data: " + "; ".join(notes) if notes else "Data: not measured.", "",
+                  f"Measured: {_verdicts(results_dir, name, experiment)}", ""]
         lines += experiment.notes
     return "\n".join(lines).rstrip() + "\n"
 
@@ -573,9 +869,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "reports",
                         help="folder of quality.md and results/ (run folders go to runs/quality there or in the repo)")
     parser.add_argument("--smoke", action="store_true", help="a few examples and 2 steps per row: checks the script only")
+    parser.add_argument("--budget", choices=("cpu", "gpu"), default="cpu",
+                        help="steps and data of the swept rows: cpu (short runs on subsets), or gpu (more steps, the "
+                             "full SST-2 train set; runs on the GPU when there is one)")
     args = parser.parse_args(argv)
+    if args.budget == "gpu" and not torch.cuda.is_available() and not args.smoke:
+        parser.error("--budget gpu needs a CUDA GPU (torch.cuda.is_available() is False); leave it out on CPU")
     torch.set_num_threads(args.threads)
     SMOKE["on"] = args.smoke
+    BUDGET["name"] = args.budget
     results = args.out / "results"
     runs = ROOT / "runs" / "quality" if args.out == ROOT / "reports" else args.out / "runs"
     if not args.render:
