@@ -63,7 +63,7 @@ def test_a_few_hundred_requests_from_16_clients_get_no_error_and_memory_stays_fl
             return "".join(c.choices[0].text for c in stream)
         if kind == 2:
             return client.completions.create(model=str(model), prompt=text, max_tokens=12, temperature=1.0,
-                                             seed=index).choices[0].text
+                                             seed=index, stop=["paris"]).choices[0].text
         if kind == 3:
             chat = client.chat.completions.create(model=str(model), messages=[{"role": "user", "content": text}],
                                                   max_tokens=8, temperature=0)
@@ -73,8 +73,10 @@ def test_a_few_hundred_requests_from_16_clients_get_no_error_and_memory_stays_fl
                                timeout=60)
             reply.raise_for_status()
             return reply.json()["data"][0]["label"]
-        return client.completions.create(model="e2e", prompt=[text, text + " good"], max_tokens=6, temperature=0.7,
-                                         seed=1).choices[1].text
+        choices = client.completions.create(model="e2e", prompt=[text, text + " good"], max_tokens=6, temperature=0.7,
+                                            seed=1, n=2).choices
+        assert len(choices) == 4
+        return choices[2].text
 
     with _serving.server_process(["--model", str(model), "--prompt", prompts, "--max-queue", "256"],
                                  tmp_path / "serve.log") as (process, url):
