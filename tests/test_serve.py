@@ -85,6 +85,9 @@ def test_models_lists_every_task_with_its_method_and_use(client):
         "prompt-tuning", "prefix-tuning", "p-tuning-v2")
     assert models["sentiment"]["serves"] == "classify" and models["sentiment"]["labels"] == ["neg", "pos"]
     assert {m["base_model"] for m in models.values()} == {"gpt2"}
+    assert client.models.retrieve("sentiment").model_dump() == models["sentiment"]
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.models.retrieve("nope")
 
 
 def test_sixteen_concurrent_clients_get_the_answers_softprompt_generate_gives(client, server, expected):
@@ -334,6 +337,11 @@ def test_bad_completion_requests_get_a_one_line_error(url, body, status, says):
     assert says in message and "\n" not in message
 
 
+def test_unknown_routes_and_methods_answer_in_openais_error_shape(url):
+    for reply, status in ((httpx.get(f"{url}/v1/nothing"), 404), (httpx.get(f"{url}/v1/completions"), 405)):
+        assert reply.status_code == status and set(reply.json()["error"]) == {"message", "type", "param", "code"}
+
+
 def test_classify_refuses_generation_tasks_and_long_inputs(url):
     assert "POST /v1/completions" in post(url, "/v1/classify", {"model": "e2e", "input": "a"}).json()["error"]["message"]
     long = post(url, "/v1/classify", {"model": "sentiment", "input": " ".join(["good"] * 40)})
@@ -391,8 +399,8 @@ def test_the_api_key_guards_every_v1_route(gpt2):
     # Every route of the app under /v1, whatever its method: none answers without the key.
     routes = [(method, route.path.replace("{name:path}", "e2e")) for route in create_app(server).routes
               if route.path.startswith("/v1") for method in getattr(route, "methods", ())]
-    assert {path for _, path in routes} == {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/classify",
-                                            "/v1/prompts", "/v1/prompts/e2e"}
+    assert {path for _, path in routes} == {"/v1/models", "/v1/models/e2e", "/v1/completions", "/v1/chat/completions",
+                                            "/v1/classify", "/v1/prompts", "/v1/prompts/e2e"}
     with serving(server) as url:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}, {"Authorization": "Basic s3cret"}):
             for method, path in routes:

@@ -394,6 +394,10 @@ def create_app(server: Server) -> FastAPI:
     async def models() -> dict:
         return {"object": "list", "data": [model_entry(s) for s in server.tasks.values()]}
 
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict:
+        return model_entry(server.lookup(name))
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         served = server.lookup(body.model, "generation")
