@@ -40,6 +40,21 @@ def _subprocess(*argv: str, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "softprompt.cli", *argv], env=ENV, capture_output=True, text=True, **kwargs)
 
 
+def _command_fails(*argv: str, expected: tuple[str, ...] = ()) -> str:
+    """The installed command exits 2 with one line on stderr holding every expected text, and prints nothing."""
+    done = _subprocess(*argv)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("softprompt") and done.stdout == "", err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 # -- losing work -----------------------------------------------------------------------------------
 def test_a_run_folder_is_not_overwritten_without_asking(files, tmp_path, capsys) -> None:
     out = tmp_path / "r"
@@ -52,6 +67,39 @@ def test_a_run_folder_is_not_overwritten_without_asking(files, tmp_path, capsys)
     (tmp_path / "other/notes.txt").write_text("mine")
     assert_fails(_train(files, tmp_path / "other", "--max-steps", "2"), capsys, "holds files that are not a run", "notes.txt")
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+
+
+def test_the_command_refuses_a_run_folder_and_a_folder_of_other_files(files, trained, tmp_path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    before = _tree(run)
+    _command_fails(*_train(files, run, "--max-steps", "4"), expected=("already holds a run (p-tuning-v2", "--overwrite"))
+    assert _tree(run) == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/important.txt").write_text("keep me")
+    _command_fails(*_train(files, tmp_path / "mine", "--max-steps", "2"), expected=("not a run", "important.txt"))
+    assert _tree(tmp_path / "mine") == {"important.txt": b"keep me"}
+
+
+def test_an_overwriting_run_killed_before_it_writes_leaves_the_old_run_whole(files, trained, tmp_path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    before = _tree(run)
+    # A new run that would first write at step 1,000 is killed (SIGKILL) once it trains.
+    argv = _train(files, run, "--overwrite", "--method", "prompt-tuning", "--max-steps", "1000", "--log-every", "1000",
+                  "--dev-fraction", "0")
+    process = subprocess.Popen([sys.executable, "-m", "softprompt.cli", *argv], env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # the setup's notice: the model is loaded, the steps begin
+        if "inputs are capped" in line:
+            break
+    time.sleep(0.5)
+    process.kill()
+    process.wait()
+    assert _tree(run) == before
+    done = _subprocess("inspect", str(run))
+    assert done.returncode == 0 and json.loads(done.stdout)["method"] == "p-tuning-v2"
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_writes(files, tmp_path, capsys, monkeypatch) -> None:
@@ -86,9 +134,11 @@ def test_a_kill_between_the_renames_of_best_is_repaired(files, tmp_path, capsys)
     (out / ".best.new/softprompt.json").unlink()  # not complete: the old one must come back
     os.replace(out / "best", out / ".best.old")
     (out / ".checkpoint.new").mkdir()
-    capsys.readouterr()
-    assert cli.main(["eval", "--prompt", str(out), "--data", str(files["dev"])]) == 0
-    assert json.loads(capsys.readouterr().out)["prompt"] == str(out / "best")
+    (out / ".checkpoint.new.4711").mkdir()  # staging of an older layout
+    done = _subprocess("eval", "--prompt", str(out), "--data", str(files["dev"]))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["prompt"] == str(out / "best")
+    assert f"restored {out / 'best'} from .best.old" in done.stderr and f"using {out / 'best'}" in done.stderr
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     # A complete .best.new beside a missing best/ was about to be published: it is.
     shutil.copytree(out / "best", out / ".best.new")
@@ -102,8 +152,9 @@ def test_a_kill_between_the_renames_of_best_is_repaired(files, tmp_path, capsys)
 def test_resume_refuses_flags_that_conflict_with_the_checkpoint(files, tmp_path, capsys) -> None:
     out = tmp_path / "r"
     assert cli.main(_train(files, out, "--max-steps", "4", "--save-every", "2", "--dev", str(files["dev"]))) == 0
-    err = assert_fails(_train(files, out, "--resume", "--method", "prompt-tuning", "--lr", "0.3", "--max-steps", "4"),
-                       capsys, "--method prompt-tuning (the checkpoint has p-tuning-v2)", "--lr 0.3 (the checkpoint has 0.05)")
+    err = _command_fails(*_train(files, out, "--resume", "--method", "prompt-tuning", "--lr", "0.3", "--max-steps", "4"),
+                         expected=("--method prompt-tuning (the checkpoint has p-tuning-v2)",
+                                   "--lr 0.3 (the checkpoint has 0.05)"))
     assert "--max-steps" not in err
     # Settings that can change on resume apply, and the output says so.
     capsys.readouterr()
@@ -114,8 +165,8 @@ def test_resume_refuses_flags_that_conflict_with_the_checkpoint(files, tmp_path,
     other = tmp_path / "other.jsonl"
     other.write_text(files["train"].read_text() + '{"text": "the film", "label": "mixed"}\n'
                      '{"text": "a film", "label": "meh"}\n')
-    assert_fails(["train", "--out", str(out), "--resume", "--data", str(other), "--max-steps", "8"], capsys,
-                 "'meh', 'mixed'", "does not know")
+    _command_fails("train", "--out", str(out), "--resume", "--data", str(other), "--max-steps", "8",
+                   expected=("'meh', 'mixed'", "does not know"))
 
 
 def test_the_loss_logged_after_a_resume_is_the_uninterrupted_one(files, tmp_path, monkeypatch) -> None:
@@ -143,6 +194,55 @@ def test_the_loss_logged_after_a_resume_is_the_uninterrupted_one(files, tmp_path
 
     assert [s for s, _ in losses(straight)] == [5, 10, 12]
     assert losses(stopped) == losses(straight)
+
+
+def test_a_resume_after_sigkill_at_any_moment_logs_the_uninterrupted_losses(files, tmp_path) -> None:
+    flags = ["--max-steps", "120", "--save-every", "7", "--log-every", "5", "--dev-fraction", "0"]  # dropout on
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert _subprocess(*_train(files, straight, *flags)).returncode == 0
+    process = subprocess.Popen([sys.executable, "-m", "softprompt.cli", *_train(files, killed, *flags)], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint/trainer_state.json").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    time.sleep(0.2)  # somewhere after it: inside a logging window, maybe inside a save
+    process.kill()
+    process.wait()
+    assert not (killed / "prompt").exists(), "the run finished before the kill; make it longer"
+    done = _subprocess(*_train(files, killed, *flags, "--resume"))
+    assert done.returncode == 0, done.stderr
+
+    def losses(run: Path) -> list[tuple[int, float]]:
+        events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
+
+    assert [s for s, _ in losses(straight)] == list(range(5, 121, 5))
+    assert losses(killed) == losses(straight)
+    assert _tree(killed / "prompt") == _tree(straight / "prompt")
+
+
+@pytest.mark.slow
+def test_a_two_process_resume_restores_every_process_random_state(files, tmp_path) -> None:
+    # Dropout is on (the head's 0.1), and each process draws its own masks from its own RNG: the run resumed
+    # from step 4 gives the prompt of the run that went straight to step 8 only if both processes' states
+    # come back. A constant rate after no warm-up makes the 4-step run the first half of the 8-step one.
+    # torchrun, not `accelerate launch --cpu`: on a machine without GPUs the latter starts one process only.
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "-m", "softprompt.cli"]
+    flags = ["--schedule", "constant", "--warmup-steps", "0", "--dev-fraction", "0", "--save-every", "2"]
+
+    def launched(*argv: str) -> None:
+        done = subprocess.run([*launch, *argv], env=ENV, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launched(*_train(files, straight, *flags, "--max-steps", "8"))
+    launched(*_train(files, resumed, *flags, "--max-steps", "4"))
+    assert {p.name for p in (resumed / "checkpoint").glob("random_states_*.pkl")} == {"random_states_0.pkl",
+                                                                                      "random_states_1.pkl"}
+    launched(*_train(files, resumed, *flags, "--max-steps", "8", "--resume"))
+    assert _tree(resumed / "prompt") == _tree(straight / "prompt")
 
 
 # -- signals and damaged files -------------------------------------------------------------------------
@@ -196,6 +296,41 @@ def test_damaged_files_are_one_line_errors(trained, tmp_path, files, capsys, dam
     assert_fails(["inspect", str(run)], capsys, expected)
 
 
+@pytest.mark.parametrize("name, damage, expected", [
+    ("optimizer.bin", b"", "optimizer.bin is damaged"),
+    ("custom_checkpoint_0.pkl", None, "custom_checkpoint_0.pkl is missing"),
+    ("random_states_0.pkl", b"\x80\x04junk", "random_states_0.pkl is damaged"),
+    ("random_states_0.pkl", None, "random_states_0.pkl is missing"),
+    ("trainer_state.json", b"{", "trainer_state.json is damaged"),
+    ("prompts.safetensors", b"", "checkpoint/prompts.safetensors is damaged"),
+], ids=["optimizer-empty", "scheduler-missing", "rng-damaged", "rng-missing", "state-not-json", "prompt-empty"])
+def test_a_damaged_training_state_is_refused_on_resume(trained, tmp_path, capsys, name, damage, expected) -> None:
+    # Accelerate alone would resume with fresh random states when their file does not read: no longer exact.
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    path = run / "checkpoint" / name
+    path.unlink()
+    if damage is not None:
+        path.write_bytes(damage)
+    assert_fails(["train", "--out", str(run), "--resume", "--max-steps", "6"], capsys, expected,
+                 "--overwrite" if name != "prompts.safetensors" else "again")
+
+
+def test_damaged_files_through_the_command(trained, files, tmp_path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    (run / "checkpoint/random_states_0.pkl").write_bytes(b"")
+    _command_fails("train", "--out", str(run), "--resume", "--max-steps", "6",
+                   expected=("checkpoint/random_states_0.pkl is damaged",))
+    meta = (run / "best/softprompt.json").read_text()
+    (run / "best/softprompt.json").write_text(json.dumps(json.loads(meta) | {"tasks": "default"}))
+    _command_fails("eval", "--prompt", str(run), "--data", str(files["dev"]),
+                   expected=("best/softprompt.json is damaged: 'tasks' is a str",))
+    (run / "best/softprompt.json").write_text(meta)
+    (run / "config.yaml").write_text("method: p-tuning-v2\nmodel: [unclosed\n")
+    _command_fails("inspect", str(run), expected=("config.yaml is damaged (not valid YAML",))
+
+
 def test_a_best_prompt_of_another_run_is_called_damage(trained, tmp_path, capsys) -> None:
     run = tmp_path / "copy"
     shutil.copytree(trained, run)
@@ -213,6 +348,66 @@ def test_numbers_out_of_range_are_refused_before_any_model_loads(flag, value, tm
     # The model does not exist: the number must be refused first.
     assert_fails(["train", "--model", "no-such-model", "--data", str(files["train"]), "--out", str(tmp_path / "r"),
                   flag, value], capsys, f"{flag} {value}")
+
+
+def test_numbers_out_of_range_through_the_command(files, tmp_path) -> None:
+    # Once silent success with 0 steps, a full epoch instead of none, a ZeroDivisionError (every value of the
+    # request is checked in process above).
+    for flag, value in (("--max-steps", "0"), ("--epochs", "0"), ("--grad-accum", "0")):
+        _command_fails("train", "--model", "no-such-model", "--data", str(files["train"]), "--out", str(tmp_path / "r"),
+                       flag, value, expected=(f"{flag} {value}: give a whole number of at least 1",))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["eval", "--batch-size", "0"], "--batch-size 0"), (["eval", "--batch-size", "-1"], "--batch-size -1"),
+    (["eval", "--limit", "0"], "--limit 0"), (["generate", "--max-new-tokens", "0"], "--max-new-tokens 0"),
+], ids=["eval-batch-0", "eval-batch-negative", "eval-limit-0", "generate-tokens-0"])
+def test_numbers_out_of_range_in_eval_and_generate(trained, files, capsys, argv, expected) -> None:
+    command, *flags = argv
+    data = ["--data", str(files["dev"])]
+    assert_fails([command, "--prompt", str(trained), *data, *flags], capsys, expected, "give a whole number of at least 1")
+
+
+def test_inspect_and_demo_refuse_counts_below_one(trained, capsys, tmp_path) -> None:
+    assert_fails(["inspect", str(trained), "--nearest", "0"], capsys, "--nearest 0: give a whole number of at least 1")
+    assert_fails(["demo", "--examples", "0", "--out", str(tmp_path / "d")], capsys, "--examples 0")
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_gpt2_input_of_126_tokens_with_4_soft_tokens_is_cut_with_a_notice(files, tmp_path) -> None:
+    rows = tmp_path / "long.jsonl"
+    words = ["good", "bad", "fine"] * 42  # 126 words, 126 tokens: with P = 4 the 128 positions would overflow
+    rows.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]), "label": ["neg", "pos"][i % 2]}) + "\n"
+                            for i in range(8)))
+    out = tmp_path / "r"
+    done = _subprocess("train", "--model", str(files["gpt2"]), "--method", "prompt-tuning", "--data", str(rows),
+                       "--out", str(out), "--num-virtual-tokens", "4", "--max-steps", "1", "--dev-fraction", "0")
+    assert done.returncode == 0, done.stderr
+    assert "--max-length 128 does not fit the model's positions with the prompt; inputs are capped at 124 tokens" in done.stderr
+    assert "8 of 8 training rows are longer than 124 tokens (--max-length) and are cut to fit, keeping their start" in done.stderr
+    done = _subprocess("generate", "--prompt", str(out), "--data", str(rows))
+    assert done.returncode == 0 and len(done.stdout.split()) == 8, done.stderr
+    assert "8 of 8 input rows are longer than 124 tokens" in done.stderr
+
+
+def test_a_cut_input_keeps_the_template_prompt_and_anchors(files) -> None:
+    import softprompt
+    from softprompt.models import load_model
+
+    model, tokenizer = load_model(str(files["gpt2"]))
+    config = softprompt.PTuningConfig(template="[P:2] {text} [P:2] it was very [MASK]", label_words={"neg": "bad", "pos": "good"})
+    pm = softprompt.attach(model, config, tokenizer)
+    long = " ".join(["the", "movie", "is", "fine"] * 50)
+    batch = pm.tokenize([long, "the movie is bad"], max_length=16)
+    ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    anchors = tokenizer("it was very", add_special_tokens=False)["input_ids"]
+    assert len(anchors) == 3 and len(ids) == 16
+    # Slots, then the field cut to what fits, then slots and the anchors: the end the label word follows.
+    assert tokenizer.decode(ids[2:11]) == "the movie is fine the movie is fine the"
+    assert ids[-3:] == anchors
+    short = batch["input_ids"][1][batch["attention_mask"][1].bool()].tolist()
+    assert ids[:2] == short[:2] and ids[-5:] == short[-5:]  # the same soft slots and anchors as an uncut row
 
 
 def test_inputs_longer_than_the_positions_are_capped_with_a_notice(files, tmp_path, capsys) -> None:
@@ -236,6 +431,18 @@ def test_a_header_read_as_data_is_caught(files, tmp_path, capsys) -> None:
     table.write_text("text,label\nthe movie was good,pos\nthe movie was bad,neg\n")
     assert_fails(["train", "--model", str(files["bert"]), "--data", str(table), "--columns", "text,label",
                   "--out", str(tmp_path / "r")], capsys, "t.csv:1", "looks like a header", "drop --columns")
+
+
+def test_header_and_single_class_through_the_command(files, tmp_path) -> None:
+    table = tmp_path / "t.tsv"
+    table.write_text("sentence\tlabel\nthe movie was good\tpos\nthe movie was bad\tneg\n")
+    _command_fails("train", "--model", str(files["bert"]), "--data", str(table), "--columns", "text,label",
+                   "--out", str(tmp_path / "r"), expected=("t.tsv:1", "looks like a header"))
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps({"text": "the movie was good", "label": "pos"}) + "\n" for _ in range(8)))
+    _command_fails("train", "--model", str(files["bert"]), "--data", str(one), "--out", str(tmp_path / "r"),
+                   expected=("every row has the label 'pos'", "at least two classes"))
+    assert not (tmp_path / "r").exists()
 
 
 def test_single_class_data_is_refused(files, tmp_path, capsys) -> None:

