@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ import _tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*/*.yaml"))
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 FAST = ["--epochs", "2", "--batch-size", "8", "--eval-every", "4", "--log-every", "2", "--lr", "0.05"]
 
 
@@ -123,6 +127,11 @@ def test_eval_and_generate_read_other_field_names(run: Path, files: dict[str, Pa
     assert len(capsys.readouterr().out.split()) == 16
     # Without the options, the run's own field names are used, and the message names the field.
     assert_fails(["eval", "--prompt", str(run), "--data", str(other)], capsys, "'text'")
+    # The same through the installed command, the options spelled with dashes.
+    done = subprocess.run([sys.executable, "-m", "softprompt.cli", "eval", "--prompt", str(run), "--data", str(other),
+                           "--text-field", "review", "--label-field", "stars"], env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["examples"] == 16 and f"using {run / 'best'}" in done.stderr
 
 
 def test_token_classification(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,6 +173,31 @@ def test_options_the_configs_declare_reach_the_method(files: dict[str, Path]) ->
     assert task["layers"] == [1, 2] and task["num_virtual_tokens"] == 2
 
 
+def test_stacks_and_encoder_hidden_size_from_flags_and_recipes(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "stacks"
+    assert cli.main(["train", "--model", str(files["bert"]), "--data", str(files["train"]), "--out", str(out),
+                     "--num-virtual-tokens", "2", "--stacks", "[encoder]", "--max-steps", "1", "--dev-fraction", "0"]) == 0
+    assert json.loads((out / "prompt/softprompt.json").read_text())["tasks"]["default"]["stacks"] == ["encoder"]
+    recipe = tmp_path / "p.yaml"
+    recipe.write_text(f"# softprompt train --config {recipe}\nmethod: p-tuning\nmodel: {files['gpt2']}\n"
+                      f"data: {files['train']}\nout: {tmp_path / 'pt'}\ntemplate: '[P:2] {{text}} [P:1] it was [MASK]'\n"
+                      "label_words: {neg: bad, pos: good}\nencoder: lstm\nencoder_hidden_size: 6\nmax_steps: 1\n"
+                      "dev_fraction: 0\n")
+    assert cli.main(["train", "--config", str(recipe)]) == 0
+    config = yaml.safe_load((tmp_path / "pt/config.yaml").read_text())
+    assert config["encoder_hidden_size"] == 6 and config["task_config"]["encoder_hidden_size"] == 6
+    import softprompt
+    from softprompt.models import load_model
+
+    def count(**options) -> int:
+        model, tokenizer = load_model(str(files["gpt2"]))
+        config = softprompt.PTuningConfig(template="[P:2] {text} [P:1] it was [MASK]", label_words={"neg": "bad", "pos": "good"},
+                                          encoder="lstm", **options)
+        return softprompt.attach(model, config, tokenizer).num_trainable_parameters()
+
+    assert config["trainable_parameters"] == count(encoder_hidden_size=6) != count()
+
+
 # -- help and recipes ----------------------------------------------------------------------------
 @pytest.mark.parametrize("command", list(cli.COMMANDS))
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,6 +208,14 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
     summary = (cli.COMMANDS[command].__doc__ or "").splitlines()[0]
     assert " ".join(summary.split()[:4]) in " ".join(out.split())
     assert "inspect._empty" not in out and "<class" not in out
+
+
+def test_generate_help_through_the_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "softprompt.cli", "generate", "--help"], env=ENV, capture_output=True,
+                          text=True)
+    assert done.returncode == 0
+    assert "inspect._empty" not in done.stdout and "<class" not in done.stdout
+    assert "--text_field" in done.stdout and "--max_new_tokens" in done.stdout
 
 
 def test_help_shows_real_defaults(capsys: pytest.CaptureFixture[str]) -> None:
