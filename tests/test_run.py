@@ -391,6 +391,22 @@ def test_a_gpt2_input_of_126_tokens_with_4_soft_tokens_is_cut_with_a_notice(file
     assert "8 of 8 input rows are longer than 124 tokens" in done.stderr
 
 
+@pytest.mark.slow
+def test_minilm_p_tuning_v2_with_max_length_512_fits_its_positions(tmp_path) -> None:
+    # The real MiniLM has 512 positions and P-Tuning v2 numbers the input after its 16 prefix positions.
+    rows = tmp_path / "long.jsonl"
+    text = " ".join(["a gorgeous , witty film", "a tired mess"] * 120)  # about 600 tokens
+    rows.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for label in ("pos", "neg") * 2))
+    out = tmp_path / "r"
+    done = _subprocess("train", "--model", "minilm", "--method", "p-tuning-v2", "--data", str(rows), "--out", str(out),
+                       "--max-length", "512", "--max-steps", "1", "--batch-size", "2", "--dev-fraction", "0")
+    assert done.returncode == 0, done.stderr
+    assert "--max-length 512 does not fit the model's positions with the prompt; inputs are capped at 496 tokens" in done.stderr
+    assert "4 of 4 training rows are longer than 496 tokens" in done.stderr
+    done = _subprocess("generate", "--prompt", str(out), text)
+    assert done.returncode == 0 and done.stdout.strip() in ("neg", "pos"), done.stderr
+
+
 def test_a_cut_input_keeps_the_template_prompt_and_anchors(files) -> None:
     import softprompt
     from softprompt.models import load_model
