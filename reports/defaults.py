@@ -308,7 +308,8 @@ def own_majority(r: dict[str, Any]) -> tuple[float, float]:
 def judge(r: dict[str, Any]) -> dict[str, bool]:
     """The target, against the better of the training rows' majority class and the test rows' own."""
     accuracy, macro_f1 = own_majority(r)
-    return {"accuracy": r["test_accuracy"] >= max(r["majority_accuracy"], accuracy) + TARGET_POINTS - 1e-9,  # 5.0 counts
+    # A gain of exactly 5 points counts: the small margin absorbs the rounding of 0.05 in floating point.
+    return {"accuracy": r["test_accuracy"] >= max(r["majority_accuracy"], accuracy) + TARGET_POINTS - 1e-9,
             "macro_f1": r["test_macro_f1"] > max(r["majority_macro_f1"], macro_f1),
             "time": r["train_seconds"] <= TARGET_SECONDS}
 
