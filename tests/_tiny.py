@@ -15,11 +15,13 @@ WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "movie", "was",
 
 
 def bert(folder: Path) -> Path:
-    """A 2-layer BERT encoder (hidden 32) with a WordPiece tokenizer built from a vocab file."""
+    """A 2-layer BERT encoder (hidden 32) with a WordPiece tokenizer that knows every word of WORDS."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    # The vocabulary itself, not vocab_file=: transformers 5 builds a 5-token vocabulary from that keyword.
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    assert tokenizer.convert_tokens_to_ids(WORDS[0]) == 5, "the tiny tokenizer must know its words"
+    tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, max_position_embeddings=128, hidden_dropout_prob=0.0,
