@@ -440,11 +440,12 @@ def _row_error(result: dict, metric: str, test_size: int) -> float:
 
 
 def _seed_note(results: dict[str, dict]) -> str:
-    seeds = max((len(r.get("seeds", [None])) for r in results.values()), default=1)
-    if seeds == 1:
+    counts = sorted({len(r["seeds"]) for r in results.values() if "seeds" in r})
+    if not counts:
         return "One seed per row"
+    seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     return (f"Trained rows: the mean of {seeds} seeds at the learning rate the dev split chose, ± the seeds' "
-            f"standard deviation; a row's standard error adds the test sampling error and the seeds' sd/√{seeds}")
+            f"standard deviation; a row's standard error adds the test sampling error and the seeds' sd/√n")
 
 
 def _classification_verdict(test_size: int) -> Callable[[dict], str]:
@@ -458,7 +459,8 @@ def _classification_verdict(test_size: int) -> Callable[[dict], str]:
         chance = 100 * results["hand-written"].get("majority", 0.0)
         above = [name for name, score, err in (("P-Tuning", p, ep), ("prompt tuning", s, es), ("hand-written", h, eh))
                  if score - chance > 2 * err]
-        sd = lambda r: (f" ± {100 * results[r]['test_sd']['accuracy']:.1f}" if "test_sd" in results[r] else "")
+        sd = lambda r: (f" ± {100 * results[r]['test_sd']['accuracy']:.1f}" if len(results[r].get("seeds", [])) > 1
+                        else "")
         return (f"accuracy: P-Tuning {p:.1f}{sd('p-tuning')}, prompt tuning {s:.1f}{sd('prompt-tuning')}, "
                 f"hand-written prompt {h:.1f}. P-Tuning above the hand-written prompt: {_compare(p - h, gap(ep, eh))}; "
                 f"above prompt tuning: {_compare(p - s, gap(ep, es))}; prompt tuning above the hand-written prompt: "
@@ -844,7 +846,8 @@ def render(results_dir: Path) -> str:
                 swept.append((label, r))
             elif row.sweep:
                 label = f"{r['label']} (before the sweep: the earlier recipe, one seed)"
-            t, sd, dev = r["test"], r.get("test_sd", {}), r.get("dev_best")
+            t, dev = r["test"], r.get("dev_best")
+            sd = r.get("test_sd", {}) if len(r.get("seeds", [])) > 1 else {}  # one seed so far: no spread to give
             wall = (r["train_seconds"] + r["test_seconds"]) / 60
             params = f"{r['trainable_parameters']:,} | {r.get('saved_parameters', r['trainable_parameters']):,}"
             steps = r.get("steps", "—")

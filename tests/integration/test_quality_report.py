@@ -18,7 +18,7 @@ DATA = ROOT.parent / "shared" / "data"
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"no datasets folder at {DATA}")
 def test_quality_script_measures_every_row_and_renders(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "reports/quality.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "quality.md").read_text()
     assert "not measured" not in report
