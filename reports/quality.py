@@ -757,7 +757,10 @@ def _has_gpu_rows(results_dir: Path, name: str, experiment: Experiment) -> bool:
 
 
 def _verdicts(results_dir: Path, name: str, experiment: Experiment) -> str:
-    text = experiment.verdict(_stored(results_dir, name, experiment))
+    stored = _stored(results_dir, name, experiment)
+    earlier = [row.name for row in experiment.rows if row.sweep and row.name in stored and "sweep" not in stored[row.name]]
+    text = (f"Not swept yet ({', '.join(earlier)}: the earlier recipe, one seed): " if earlier else "") \
+        + experiment.verdict(stored)
     if _has_gpu_rows(results_dir, name, experiment):
         text += " At the GPU budget: " + experiment.verdict(_stored(results_dir, name, experiment, ".gpu"))
     return text
