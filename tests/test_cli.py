@@ -358,3 +358,15 @@ def test_serve_takes_a_repeated_prompt_flag(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(cli.COMMANDS, "serve", fake)
     assert cli.main(["serve", "--model", "m", "--prompt", "a=runs/a", "--prompt", "b=runs/b", "--max-batch-size", "4"]) == 0
     assert got["prompt"] == ["a=runs/a", "b=runs/b"] and got["max_batch_size"] == 4
+
+
+def test_boolean_options_of_commands_are_switches_as_the_makefile_uses_them():
+    """`make demo` runs `softprompt demo --overwrite`: a switch, as train's --overwrite, not an option wanting true/false."""
+    parser = cli.build_parser()
+    assert parser.parse_args(cli._normalize(["demo", "--overwrite"]))["demo"].overwrite is True
+    assert parser.parse_args(cli._normalize(["demo", "--no-overwrite"]))["demo"].overwrite is False
+    assert parser.parse_args(cli._normalize(["demo"]))["demo"].overwrite is False
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    demo_line = next(line for line in makefile.splitlines() if line.startswith("\t") and "softprompt demo" in line)
+    flags = demo_line.split("softprompt demo", 1)[1].split("#")[0].split()
+    assert parser.parse_args(cli._normalize(["demo", *flags]))["demo"].overwrite is True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect as pyinspect
 import json
 import re
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from docstring_parser import parse as parse_docstring
 from jsonargparse import ActionYesNo, ArgumentParser, Namespace, set_parsing_settings
 
 from . import _run
@@ -250,7 +252,13 @@ def _train_parser() -> ArgumentParser:
 def _function_parser(function: Callable[..., None]) -> ArgumentParser:
     parser = ArgumentParser(description=(function.__doc__ or "").split("\n\n")[0], exit_on_error=False)
     skip = {"text"} if function is generate else set()
-    parser.add_function_arguments(function, as_positional=True, skip=skip)
+    # Switches (--overwrite, --no_overwrite), as train has them, not options that want true/false after them.
+    switches = {name: param for name, param in pyinspect.signature(function).parameters.items()
+                if param.annotation in ("bool", bool)}
+    parser.add_function_arguments(function, as_positional=True, skip=skip | set(switches))
+    docs = {p.arg_name: p.description or "" for p in parse_docstring(function.__doc__ or "").params}
+    for name, param in switches.items():
+        parser.add_argument(f"--{name}", action=ActionYesNo, default=param.default, help=docs.get(name, ""))
     if function is generate:
         parser.add_argument("text", nargs="?", type=str | None, default=None, help="one input text")
     if function in (evaluate_run, generate):
