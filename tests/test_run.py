@@ -320,8 +320,10 @@ def test_damaged_files_through_the_command(trained, files, tmp_path) -> None:
     run = tmp_path / "copy"
     shutil.copytree(trained, run)
     (run / "checkpoint/random_states_0.pkl").write_bytes(b"")
+    before = _tree(run)
     _command_fails("train", "--out", str(run), "--resume", "--max-steps", "6",
                    expected=("checkpoint/random_states_0.pkl is damaged",))
+    assert _tree(run) == before  # the refused resume touched nothing
     meta = (run / "best/softprompt.json").read_text()
     (run / "best/softprompt.json").write_text(json.dumps(json.loads(meta) | {"tasks": "default"}))
     _command_fails("eval", "--prompt", str(run), "--data", str(files["dev"]),
