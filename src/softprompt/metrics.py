@@ -13,10 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU
-from seqeval.metrics import f1_score, precision_score, recall_score
-from seqeval.scheme import IOB2
 
 __all__ = ["accuracy", "macro_f1", "entity_prf", "bleu", "rouge_l", "compute"]
 
@@ -64,6 +61,11 @@ def entity_prf(pred_tags: list[list[str]], gold_tags: list[list[str]]) -> dict[s
             raise ValueError(f"entity_prf: sentence {index} has {len(p)} predicted tags but "
                              f"{len(g)} gold tags")
     # zero_division=0: no predicted entities means precision 0, not a warning.
+    # seqeval imports scikit-learn, and rouge-score nltk (about 2 s each): imported where they score, so that
+    # commands that score neither start faster.
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
     kwargs = dict(mode="strict", scheme=IOB2, zero_division=0)
     return {
         "precision": float(precision_score(gold_tags, pred_tags, **kwargs)),
@@ -98,6 +100,8 @@ def bleu(hypotheses: list[str], references: list[list[str]]) -> float:
 def rouge_l(hypotheses: list[str], references: list[list[str]]) -> float:
     """Mean over hypotheses of the best ROUGE-L F-measure among its references, x100."""
     _check_references(hypotheses, references, "rouge_l")
+    from rouge_score.rouge_scorer import RougeScorer  # see entity_prf
+
     scorer = RougeScorer(["rougeL"])
     # score_multi keeps, per hypothesis, the reference with the highest F-measure.
     total = sum(scorer.score_multi(refs, hyp)["rougeL"].fmeasure
