@@ -218,6 +218,10 @@ ROWS = [
     Row("rotten-tomatoes-pt", "Rotten Tomatoes: fresh, rotten, plot", "prompt-tuning", rotten_tomatoes),
     Row("speeches-pt", "2012 convention speeches, by party", "prompt-tuning", speeches),
     Row("sst2-ptv2-first", "SST-2", "p-tuning-v2", sst2, extra=("--pooling", "first"), compare_to="sst2-ptv2"),
+    Row("rte-ptv2-all", "FewGLUE RTE", "p-tuning-v2", fewglue("RTE", "premise,hypothesis"),
+        extra=("--dev-fraction", "0"), compare_to="rte-ptv2"),
+    Row("wic-ptv2-all", "FewGLUE WiC", "p-tuning-v2", fewglue("WiC", "word,sentence1,sentence2"),
+        extra=("--dev-fraction", "0"), compare_to="wic-ptv2"),
 ]
 BY_NAME = {row.name: row for row in ROWS}
 # WSC (the pronoun and its candidate are nested in a `target` object) and MultiRC (questions and answers
@@ -260,14 +264,22 @@ def _flag(flags: list[str], name: str) -> str | None:
     return flags[flags.index(name) + 1] if name in flags else None
 
 
-def majority_baseline(src: Source, majority: str) -> dict[str, float]:
-    """Test scores of always answering the training rows' most frequent class."""
-    columns, limit = _flag(src.test_flags, "--columns"), _flag(src.test_flags, "--limit")
+def _rows(src: Source, path: Path, flags: list[str]) -> list[Any]:
+    columns, limit = _flag(flags, "--columns"), _flag(flags, "--limit")
     fields = src.text_field.split(",")
-    test = read_examples(src.test, "classification", text_field=fields if len(fields) > 1 else fields[0],
+    return read_examples(path, "classification", text_field=fields if len(fields) > 1 else fields[0],
                          label_field=src.label_field, columns=columns.split(",") if columns else None,
                          limit=int(limit) if limit else None)
-    golds = [str(ex.label) for ex in test]
+
+
+def train_majority(src: Source) -> str:
+    """The training rows' most frequent class (a run without dev rows does not report it)."""
+    return Counter(str(ex.label) for ex in _rows(src, src.train, src.train_flags)).most_common(1)[0][0]
+
+
+def majority_baseline(src: Source, majority: str) -> dict[str, float]:
+    """Test scores of always answering the training rows' most frequent class."""
+    golds = [str(ex.label) for ex in _rows(src, src.test, src.test_flags)]
     return {"accuracy": metrics.accuracy([majority] * len(golds), golds),
             "macro_f1": metrics.macro_f1([majority] * len(golds), golds), "examples": len(golds),
             "classes": dict(Counter(golds).most_common())}
@@ -282,13 +294,14 @@ def _shown(args: list[str]) -> str:
 def record(row: Row, src: Source, train_cmd: list[str], eval_cmd: list[str], summary: dict[str, Any],
            train_seconds: float, train_cpu_seconds: float, scores: dict[str, Any], smoke: bool) -> dict[str, Any]:
     """One measured row, as stored: commands, train summary, test scores, baseline and the target's verdict."""
-    baseline = majority_baseline(src, summary["majority_class"])
+    majority = summary.get("majority_class") or train_majority(src)
+    baseline = majority_baseline(src, majority)
     result = {"row": row.name, "data": row.data, "method": row.method, "extra_flags": list(row.extra),
             "commands": [_shown(train_cmd), _shown(eval_cmd)],
             "note": src.note, "origin": src.origin, "smoke": smoke,
             "train_rows": summary["train_examples"], "dev_rows": summary["dev_examples"],
             "test_rows": scores["examples"], "test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"],
-            "majority_class": summary["majority_class"], "majority_accuracy": baseline["accuracy"],
+            "majority_class": majority, "majority_accuracy": baseline["accuracy"],
             "majority_macro_f1": baseline["macro_f1"], "test_classes": baseline["classes"],
             "dev_accuracy": summary.get("dev_accuracy"), "dev_macro_f1": summary.get("dev_macro_f1"),
             "steps": summary["steps"], "best_step": summary["best_step"], "stopped_early": summary["stopped_early"],
@@ -349,7 +362,7 @@ def _line(r: dict[str, Any]) -> str:
     own = f" (the test rows' own: {accuracy:.3f}, {macro_f1:.3f})" if accuracy > r["majority_accuracy"] else ""
     return (f"| {r['data']} ({r['train_rows'] + r['dev_rows']:,}; {r['test_rows']:,}) | {method} | "
             f"{r['test_accuracy']:.3f} | {r['test_macro_f1']:.3f} | {r['majority_accuracy']:.3f}, "
-            f"{r['majority_macro_f1']:.3f}{own} | {r['steps']}{stop} ({r['best_step']}) | "
+            f"{r['majority_macro_f1']:.3f}{own} | {r['steps']}{stop} ({r['best_step'] or 'last, no dev rows'}) | "
             f"{_minutes(r['train_seconds'])} ({_minutes(r['train_cpu_seconds'])}) | "
             f"{_verdict(r)} |")
 

