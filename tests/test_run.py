@@ -428,6 +428,29 @@ def test_a_cut_input_keeps_the_template_prompt_and_anchors(files) -> None:
     assert ids[:2] == short[:2] and ids[-5:] == short[-5:]  # the same soft slots and anchors as an uncut row
 
 
+@pytest.mark.parametrize("model", ["gpt2", "bert"])
+def test_a_cut_row_of_several_fields_keeps_a_part_of_each(files, model) -> None:
+    import softprompt
+    from softprompt.models import load_model
+
+    base, tokenizer = load_model(str(files[model]))
+    pm = softprompt.attach(base, softprompt.PTuningV2Config(num_virtual_tokens=4, num_labels=2), tokenizer)
+    premise, hypothesis = " ".join(["the", "movie", "is", "fine"] * 50), "the film was bad"
+    short = {"premise": "the movie is fine", "hypothesis": hypothesis}
+    batch = pm.tokenize([{"premise": premise, "hypothesis": hypothesis}, short], max_length=16)
+    ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    empty = tokenizer("")["input_ids"]
+    begin, end = empty[:1], empty[1:]
+    fields = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (premise, " " + hypothesis)]
+    assert len(ids) == 16 and len(fields[1]) == 4
+    # The long premise gives up its end; the short hypothesis after it is whole.
+    assert ids[: len(begin)] == begin and ids[len(ids) - len(end):] == end
+    assert ids[len(begin): len(ids) - len(end)] == fields[0][: 16 - len(empty) - 4] + fields[1]
+    # A row that fits is the fields joined by a space, as before.
+    whole = batch["input_ids"][1][batch["attention_mask"][1].bool()].tolist()
+    assert whole == tokenizer("the movie is fine the film was bad")["input_ids"]
+
+
 def test_inputs_longer_than_the_positions_are_capped_with_a_notice(files, tmp_path, capsys) -> None:
     long = tmp_path / "long.jsonl"
     words = ["good", "bad"] * 100  # 200 tokens; GPT-2 and BERT here have 128 positions

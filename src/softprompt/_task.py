@@ -189,9 +189,22 @@ def declared_pooling(folder: str) -> str | None:
 
 
 def render_plain(fields: dict[str, str], base: Base, max_length: int | None = None) -> list[int]:
-    """Token ids of the input fields joined by spaces, as the tokenizer makes them (special tokens included)."""
+    """Token ids of the input fields joined by spaces, as the tokenizer makes them (special tokens included).
+
+    A row longer than `max_length` loses its end; a row of several fields (premise and hypothesis, question
+    and passage) loses tokens from the end of its longest field first, so that every field keeps a part.
+    """
     tokenizer = base._tokenizer("tokenizing text")
-    return tokenizer(" ".join(fields.values()), truncation=max_length is not None, max_length=max_length)["input_ids"]
+    ids = tokenizer(" ".join(fields.values()), truncation=max_length is not None, max_length=max_length)["input_ids"]
+    if max_length is None or len(fields) == 1 or len(ids) < max_length:
+        return ids
+    pieces = [base.token_ids(text, leading_space=i > 0) for i, text in enumerate(fields.values())]
+    begin, end = base.special_tokens()
+    lengths = [len(piece) for piece in pieces]
+    while sum(lengths) > max(max_length - len(begin) - len(end), len(lengths)):
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        lengths[longest] -= 1
+    return begin + [t for piece, n in zip(pieces, lengths) for t in piece[:n]] + end
 
 
 class Task(nn.Module):
