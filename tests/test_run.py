@@ -87,7 +87,7 @@ def test_an_overwriting_run_killed_before_it_writes_leaves_the_old_run_whole(fil
     before = _tree(run)
     # A new run that would first write at step 1,000 is killed (SIGKILL) once it trains.
     argv = _train(files, run, "--overwrite", "--method", "prompt-tuning", "--max-steps", "1000", "--log-every", "1000",
-                  "--dev-fraction", "0")
+                  "--eval-every", "1000", "--dev-fraction", "0")
     process = subprocess.Popen([sys.executable, "-m", "softprompt.cli", *argv], env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
