@@ -249,8 +249,11 @@ def test_a_two_process_resume_restores_every_process_random_state(files, tmp_pat
 def test_ctrl_c_names_the_checkpoint_and_exits_130(files, tmp_path) -> None:
     out = tmp_path / "r"
     argv = _train(files, out, "--epochs", "400", "--min-steps", "1", "--save-every", "5", "--dev-fraction", "0")
+    # A shell that starts the test run in the background (`cmd &`) ignores SIGINT in it and its children, and
+    # Python keeps an ignored SIGINT ignored: Ctrl-C gets its default action back in the command, as in a terminal.
     process = subprocess.Popen([sys.executable, "-m", "softprompt.cli", *argv], env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoint/trainer_state.json").exists():
         assert process.poll() is None and time.time() < deadline, process.stderr.read() if process.stderr else ""
