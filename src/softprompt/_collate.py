@@ -105,7 +105,8 @@ class Collator:
         template = getattr(self.pm.tasks["default"].config, "template", None)
         several = any(isinstance(ex.text, dict) and len(ex.text) > 1 for ex in examples)
         kept = {"classification": "the template's prompt, anchors and [MASK], the longest field shortened" if template
-                else "a part of every field, the longest shortened first" if several else "their start", "token-classification": "their first words (the rest are tagged O)",
+                else "a part of every field, the longest shortened first" if several else "their start",
+                "token-classification": "their first words (the rest are tagged O)",
                 "generation": "the end of the source" if not self.seq2seq else "the start of the source"}[self.kind]
         return (f"{cut} of {len(examples)} {what} rows are longer than {limit} tokens (--max-length) and are cut to fit, "
                 f"keeping {kept}")

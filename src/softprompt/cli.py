@@ -233,6 +233,12 @@ def _best_step(run: Path) -> Any:
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
+def _add_switches(parser: ArgumentParser, defaults: dict[str, bool], docs: dict[str, str]) -> None:
+    """Boolean options as switches (--overwrite, --no_overwrite), not options that want true/false after them."""
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name}", action=ActionYesNo, default=default, help=docs.get(name, ""))
+
+
 def _train_parser() -> ArgumentParser:
     parser = ArgumentParser(description=(TrainArgs.__doc__ or "").strip(), exit_on_error=False)
     parser.add_argument("--config", type=str | None, default=None,
@@ -240,9 +246,7 @@ def _train_parser() -> ArgumentParser:
     options = method_options()
     bools = [f.name for f in dataclasses.fields(TrainArgs) if f.type in ("bool", bool)]
     parser.add_class_arguments(TrainArgs, skip=set(options) | set(bools), sub_configs=False)
-    docs = field_docs(TrainArgs)
-    for name in bools:
-        parser.add_argument(f"--{name}", action=ActionYesNo, default=False, help=docs.get(name, ""))
+    _add_switches(parser, dict.fromkeys(bools, False), field_docs(TrainArgs))
     group = parser.add_argument_group("Prompt-method options (fields of the method configs; unset: the method's default)")
     for name, (hint, doc) in options.items():
         group.add_argument(f"--{name}", type=hint, default=None, help=doc)
@@ -252,13 +256,11 @@ def _train_parser() -> ArgumentParser:
 def _function_parser(function: Callable[..., None]) -> ArgumentParser:
     parser = ArgumentParser(description=(function.__doc__ or "").split("\n\n")[0], exit_on_error=False)
     skip = {"text"} if function is generate else set()
-    # Switches (--overwrite, --no_overwrite), as train has them, not options that want true/false after them.
-    switches = {name: param for name, param in pyinspect.signature(function).parameters.items()
+    switches = {name: param.default for name, param in pyinspect.signature(function).parameters.items()
                 if param.annotation in ("bool", bool)}
     parser.add_function_arguments(function, as_positional=True, skip=skip | set(switches))
     docs = {p.arg_name: p.description or "" for p in parse_docstring(function.__doc__ or "").params}
-    for name, param in switches.items():
-        parser.add_argument(f"--{name}", action=ActionYesNo, default=param.default, help=docs.get(name, ""))
+    _add_switches(parser, switches, docs)
     if function is generate:
         parser.add_argument("text", nargs="?", type=str | None, default=None, help="one input text")
     if function in (evaluate_run, generate):
